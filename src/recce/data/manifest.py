@@ -1,0 +1,108 @@
+"""The face-crop manifest: one Parquet row per crop, the single input of training and evaluation.
+
+Crop paths are stored relative to the manifest's folder so a manifest and its crops can be moved together.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS: dict[str, str] = {
+    "path": "string",  # crop file, relative to the manifest's folder
+    "dataset": "string",  # ffpp, celebdf, dfdc, dfdcp, wilddeepfake, folder, synthetic
+    "split": "string",  # train, val or test
+    "video": "string",  # video (or frame-sequence / image) id, unique within a dataset
+    "frame": "int64",  # frame index in the source video (0 for still images)
+    "label": "int8",  # 0 = real, 1 = fake
+    "method": "string",  # manipulation for fakes (e.g. Deepfakes); source name for reals (e.g. youtube)
+    "compression": "string",  # raw, c23, c40, a JPEG quality such as q75, or "" when unknown
+    "x1": "float32",  # face box in source-frame pixels
+    "y1": "float32",
+    "x2": "float32",
+    "y2": "float32",
+    "score": "float32",  # detector confidence (1.0 for already-cropped inputs)
+    "detector": "string",  # retinaface-mobilenet0.25, retinaface-resnet50, haar, none, synthetic
+}
+
+
+class ManifestError(ValueError):
+    """A manifest file that cannot be used, with the file named in the message."""
+
+
+def to_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Build a manifest frame with the canonical column order and dtypes."""
+    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows), columns=list(COLUMNS))
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"manifest rows lack columns: {', '.join(missing)}")
+    return frame[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
+
+
+def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write atomically (temporary name, then rename) so a killed run never leaves half a manifest."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    to_frame(frame).to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a manifest; adds `abspath`, the crop's absolute path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for damaged files
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path}: not a recce manifest, missing columns {', '.join(missing)}")
+    frame = to_frame(frame)
+    root = path.resolve().parent
+    frame["abspath"] = [str(root / p) for p in frame["path"]]
+    return frame
+
+
+def select(
+    frame: pd.DataFrame,
+    *,
+    datasets: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    compressions: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Filter rows; a `methods` filter keeps every real row (reals are shared by all methods)."""
+    keep = pd.Series(True, index=frame.index)
+    if datasets:
+        keep &= frame["dataset"].isin(list(datasets))
+    if splits:
+        keep &= frame["split"].isin(list(splits))
+    if methods:
+        keep &= frame["method"].isin(list(methods)) | (frame["label"] == 0)
+    if compressions:
+        keep &= frame["compression"].isin(list(compressions))
+    return frame[keep].reset_index(drop=True)
+
+
+def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> pd.DataFrame:
+    """Merge shard manifests into one, rebasing crop paths onto the output's folder; duplicates dropped."""
+    out = Path(out)
+    out_root = out.resolve().parent
+    frames = []
+    for p in paths:
+        frame = read(p)
+        frame["path"] = [os.path.relpath(a, out_root) for a in frame["abspath"]]
+        frames.append(frame.drop(columns="abspath"))
+    if not frames:
+        raise ManifestError("no manifests to merge")
+    merged = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["path"], keep="first")
+    merged = merged.sort_values(["dataset", "split", "video", "frame"], kind="stable")
+    write(merged, out)
+    return to_frame(merged)
