@@ -1,0 +1,23 @@
+"""Shared fixtures: where the golden vectors computed by the official implementations live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"golden vectors not available: {REFERENCE_DIR} is absent (it sits beside the repository)")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
