@@ -1,0 +1,151 @@
+"""What every dataset indexer produces, and the checks they share.
+
+An indexer reads a dataset laid out as its publishers distribute it and lists its media items (videos,
+frame folders or images) with split and label. It never decodes media, so it is fast and testable on
+dummy files; face extraction reads the items later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+SPLITS = ("train", "val", "test")
+KINDS = ("video", "frames", "image")
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+
+
+class DatasetLayoutError(ValueError):
+    """A dataset that does not match its documented layout; the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One video, frame sequence or image of a dataset, with its split and label."""
+
+    dataset: str  # ffpp, celebdf, dfdc, dfdcp, wilddeepfake, folder
+    split: str  # train, val or test
+    video: str  # unique within the dataset and usable as a relative folder name ("/" separators)
+    label: int  # 0 real, 1 fake
+    method: str  # manipulation for fakes, source for reals
+    compression: str  # raw, c23, c40 for FF++; "" when unknown
+    source: Path  # the video file, the folder of frames or the image file
+    kind: str  # video, frames or image
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"{self.video}: split {self.split!r} is not one of {', '.join(SPLITS)}")
+        if self.label not in (0, 1):
+            raise ValueError(f"{self.video}: label {self.label!r} is not 0 (real) or 1 (fake)")
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.video}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+
+@dataclass
+class IndexResult:
+    """The items found, plus what was skipped and why, so nothing is dropped silently."""
+
+    items: list[MediaItem]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+class ItemCollector:
+    """Gathers items; a listed file absent on disk is an error, or a counted skip under allow_missing."""
+
+    def __init__(self, allow_missing: bool = False) -> None:
+        self.allow_missing = allow_missing
+        self._items: dict[str, MediaItem] = {}
+        self._skipped: list[tuple[str, str]] = []
+
+    def add(self, item: MediaItem, listed_in: Path | None = None) -> None:
+        """Add an item; with `listed_in` (the split or metadata file naming it) its source must exist."""
+        if listed_in is not None and not item.source.exists():
+            if not self.allow_missing:
+                raise DatasetLayoutError(
+                    f"{item.source}: listed in {listed_in} but missing on disk "
+                    "(allow_missing skips such items)"
+                )
+            self.skip(item.source, f"listed in {listed_in} but missing on disk")
+            return
+        previous = self._items.get(item.video)
+        if previous is not None and previous != item:
+            raise DatasetLayoutError(
+                f"{item.source}: video id {item.video!r} also used by {previous.source} ({previous.split})"
+            )
+        self._items[item.video] = item
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        self._skipped.append((str(path), reason))
+
+    def result(self) -> IndexResult:
+        """Items in a stable order (split, then video id) whatever the file-system listing order."""
+        order = {split: rank for rank, split in enumerate(SPLITS)}
+        items = sorted(self._items.values(), key=lambda item: (order[item.split], item.video))
+        return IndexResult(items=items, skipped=list(self._skipped))
+
+
+def read_json(path: Path) -> Any:
+    """Load a JSON file, turning absence and syntax errors into one line naming the file."""
+    if not path.is_file():
+        raise DatasetLayoutError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DatasetLayoutError(
+            f"{path}: malformed JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DatasetLayoutError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetLayoutError(f"{path}: {what} folder not found")
+    return path
+
+
+def relative_media_path(name: str, listed_in: Path) -> PurePosixPath:
+    """A dataset-relative path from a metadata file, refused if it could escape the dataset root."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if not name or path.is_absolute() or ".." in path.parts:
+        raise DatasetLayoutError(f"{listed_in}: entry {name!r} is not a path inside the dataset")
+    return path
+
+
+def as_names(value: str | Iterable[str], option: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    """Normalise a name-or-names option (a bare string means one name) and check each name."""
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not names:
+        raise ValueError(f"{option}: give at least one of {', '.join(allowed)}")
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return tuple(dict.fromkeys(names))
+
+
+def check_fraction(value: float, option: str) -> float:
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{option} must be in [0, 1), got {value}")
+    return value
+
+
+def hash_unit(key: str) -> float:
+    """A deterministic pseudo-random number in [0, 1) for a key, stable across runs and machines.
+
+    Splits drawn by comparing it to a fraction keep every item's split fixed when items are added or
+    removed, so re-indexing a grown dataset never moves a training item into a test set.
+    """
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def lowest_hashed(keys: Iterable[str], fraction: float) -> set[str]:
+    """The fraction * n (rounded half up) keys with the lowest hash: an exact-size deterministic subset."""
+    unique = sorted(set(keys), key=lambda key: (hash_unit(key), key))
+    return set(unique[: int(fraction * len(unique) + 0.5)])
