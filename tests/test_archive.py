@@ -138,9 +138,7 @@ def test_foreign_destination_is_not_overwritten(tmp_path: Path) -> None:
         (3 * 1024, "truncated"),  # cut exactly between members: the fourth frame is missing
     ],
 )
-def test_damaged_archive_is_a_clear_error_and_leaves_nothing(
-    tmp_path: Path, keep_bytes: int, message: str
-) -> None:
+def test_damaged_archive_is_a_clear_error_and_leaves_nothing(tmp_path: Path, keep_bytes: int, message: str) -> None:
     archive = tmp_path / "12.tar.gz"
     if keep_bytes:
         good_archive(archive)

@@ -51,9 +51,7 @@ def make_ffpp(root: Path, compressions=("c23",), methods=FFPP_METHODS) -> Path:
                     touch(root / "original_sequences/youtube" / compression / "videos" / f"{video_id}.mp4")
                 for method in methods:
                     for fake in (f"{a}_{b}", f"{b}_{a}"):
-                        touch(
-                            root / "manipulated_sequences" / method / compression / "videos" / f"{fake}.mp4"
-                        )
+                        touch(root / "manipulated_sequences" / method / compression / "videos" / f"{fake}.mp4")
     return splits_dir
 
 
@@ -134,9 +132,7 @@ def test_ffpp_missing_video_is_an_error_or_a_counted_skip(tmp_path: Path) -> Non
     ]
     for path in gone:
         path.unlink()
-    with pytest.raises(
-        DatasetLayoutError, match=r"003_000\.mp4: listed in .*train\.json but missing on disk"
-    ):
+    with pytest.raises(DatasetLayoutError, match=r"003_000\.mp4: listed in .*train\.json but missing on disk"):
         index_dataset("ffpp", tmp_path, splits_dir=splits_dir)
     result = index_dataset("ffpp", tmp_path, splits_dir=splits_dir, allow_missing=True)
     assert sorted(path for path, _ in result.skipped) == sorted(str(p) for p in gone)
@@ -169,9 +165,7 @@ CELEB_FILES = {
         "id5_id4_0000",
     ],
 }
-CELEB_TEST_LIST = (
-    "1 Celeb-real/id0_0000.mp4\n1 YouTube-real/00000.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n\n"
-)
+CELEB_TEST_LIST = "1 Celeb-real/id0_0000.mp4\n1 YouTube-real/00000.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n\n"
 
 
 def make_celebdf(root: Path, test_list: str = CELEB_TEST_LIST) -> None:
@@ -200,18 +194,14 @@ def test_celebdf_test_list_with_inverted_labels_and_train_is_the_rest(tmp_path: 
 
 def test_celebdf_test_list_number_contradicting_folder_is_an_error(tmp_path: Path) -> None:
     make_celebdf(tmp_path, test_list="1 Celeb-real/id0_0000.mp4\n1 Celeb-synthesis/id0_id1_0000.mp4\n")
-    with pytest.raises(
-        DatasetLayoutError, match=r"List_of_testing_videos\.txt:2: number 1 \(1 = real\) disagrees"
-    ):
+    with pytest.raises(DatasetLayoutError, match=r"List_of_testing_videos\.txt:2: number 1 \(1 = real\) disagrees"):
         index_dataset("celebdf", tmp_path)
 
 
 def test_celebdf_missing_test_video_is_an_error_or_a_counted_skip(tmp_path: Path) -> None:
     make_celebdf(tmp_path)
     (tmp_path / "YouTube-real/00000.mp4").unlink()
-    with pytest.raises(
-        DatasetLayoutError, match=r"00000\.mp4: listed in .*List_of_testing_videos\.txt but missing"
-    ):
+    with pytest.raises(DatasetLayoutError, match=r"00000\.mp4: listed in .*List_of_testing_videos\.txt but missing"):
         index_dataset("celebdf", tmp_path)
     result = index_dataset("celebdf", tmp_path, allow_missing=True)
     assert len(result.skipped) == 1 and "YouTube-real/00000" not in by_video(result)
@@ -248,9 +238,7 @@ def make_dfdc(root: Path) -> None:
         for clip in range(4):
             name = f"p{part}c{clip}.mp4"
             touch(folder / name)
-            metadata[name] = (
-                {"label": "FAKE", "split": "train", "original": "x.mp4"} if clip else {"label": "REAL"}
-            )
+            metadata[name] = {"label": "FAKE", "split": "train", "original": "x.mp4"} if clip else {"label": "REAL"}
         (folder / "metadata.json").write_text(json.dumps(metadata))
     touch(root / "dfdc_train_part_3" / "orphan.mp4")  # a part without metadata.json
     for name in ("t0.mp4", "t1.mp4", "t2.mp4"):
@@ -296,9 +284,7 @@ def test_dfdc_malformed_metadata_and_labels_are_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetLayoutError, match=r"dfdc_train_part_1/metadata\.json: malformed JSON"):
         index_dataset("dfdc", tmp_path)
     metadata.write_text('{"p1c0.mp4": {"label": "MAYBE"}}')
-    with pytest.raises(
-        DatasetLayoutError, match=r"metadata\.json: entry 'p1c0\.mp4' has no label REAL or FAKE"
-    ):
+    with pytest.raises(DatasetLayoutError, match=r"metadata\.json: entry 'p1c0\.mp4' has no label REAL or FAKE"):
         index_dataset("dfdc", tmp_path)
     metadata.write_text('{"p1c0.mp4": {"label": "REAL"}}')
     (tmp_path / "test" / "labels.csv").write_text("filename,label\nt0.mp4,1\nt1.mp4,fake\n")
@@ -344,9 +330,7 @@ def test_dfdcp_val_fraction_is_deterministic_and_leaves_test_alone(tmp_path: Pat
     }
     records["method_B/1007/2007/clip7.mp4"]["set"] = "validation"
     (tmp_path / "dataset.json").write_text(json.dumps(records))
-    with pytest.raises(
-        DatasetLayoutError, match=r"dataset\.json: entry 'method_B/1007/2007/clip7\.mp4' needs"
-    ):
+    with pytest.raises(DatasetLayoutError, match=r"dataset\.json: entry 'method_B/1007/2007/clip7\.mp4' needs"):
         index_dataset("dfdcp", tmp_path)
 
 
@@ -437,9 +421,7 @@ def test_wilddeepfake_reports_missing_folders_and_contradicting_labels(tmp_path:
     assert [video for video in by_video(result)] == ["fake_test/1/fake/0"]
     assert sorted(Path(path).name for path, _ in result.skipped) == ["fake_train", "real_test", "real_train"]
     write_tar(tmp_path / "real_test/2.tar", {"2/fake/0/0.png": png_bytes(1)})
-    with pytest.raises(
-        DatasetLayoutError, match=r"label folder 'fake' contradicts its archive folder real_test"
-    ):
+    with pytest.raises(DatasetLayoutError, match=r"label folder 'fake' contradicts its archive folder real_test"):
         index_dataset("wilddeepfake", tmp_path)
 
 
@@ -526,9 +508,7 @@ def test_index_dataset_checks_name_options_and_root(tmp_path: Path) -> None:
         index_dataset("ff", tmp_path)
     with pytest.raises(ValueError, match="ffpp: option\\(s\\) splits_dir required"):
         index_dataset("ffpp", tmp_path)
-    with pytest.raises(
-        ValueError, match="celebdf: unknown option\\(s\\) val_fractoin; accepted: val_fraction"
-    ):
+    with pytest.raises(ValueError, match="celebdf: unknown option\\(s\\) val_fractoin; accepted: val_fraction"):
         index_dataset("celebdf", tmp_path, val_fractoin=0.1)
     with pytest.raises(DatasetLayoutError, match="nowhere: dataset root folder not found"):
         index_dataset("dfdcp", tmp_path / "nowhere")

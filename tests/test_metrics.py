@@ -197,17 +197,13 @@ def test_aggregate_videos(frame_table: pd.DataFrame) -> None:
 def test_evaluate_scores_per_method_uses_all_reals(frame_table: pd.DataFrame) -> None:
     result = M.evaluate_scores(frame_table, how="mean", n_boot=200, seed=1)
     assert result["frame"]["n"] == 11 and result["video"]["n"] == 5
-    assert result["frame"]["auc"] == pytest.approx(
-        sk_metrics.roc_auc_score(frame_table["label"], frame_table["score"])
-    )
+    assert result["frame"]["auc"] == pytest.approx(sk_metrics.roc_auc_score(frame_table["label"], frame_table["score"]))
     assert set(result["per_method"]) == {"Deepfakes", "FaceSwap"}
     face_swap = result["per_method"]["FaceSwap"]
     assert face_swap["frame"]["n_real"] == 5 and face_swap["frame"]["n_fake"] == 4
     assert face_swap["video"]["n_real"] == 2 and face_swap["video"]["n_fake"] == 2
     subset = frame_table[(frame_table["label"] == 0) | (frame_table["method"] == "FaceSwap")]
-    assert face_swap["frame"]["auc"] == pytest.approx(
-        sk_metrics.roc_auc_score(subset["label"], subset["score"])
-    )
+    assert face_swap["frame"]["auc"] == pytest.approx(sk_metrics.roc_auc_score(subset["label"], subset["score"]))
     # videos: reals 0.4, 0.25; FaceSwap 000_003 = 1.1/3, 002_006 = 0.8 -> 3 of 4 pairs ordered
     assert face_swap["video"]["auc"] == pytest.approx(0.75)
     low, high = result["frame"]["auc_ci"]

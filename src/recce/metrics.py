@@ -110,9 +110,7 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
     }
 
 
-def _weighted_aucs(
-    unit_weights: np.ndarray, unit_of_sample: np.ndarray, y: np.ndarray, s: np.ndarray
-) -> np.ndarray:
+def _weighted_aucs(unit_weights: np.ndarray, unit_of_sample: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """AUC for each row of unit weights (a sample weighs its unit's weight), ties counting one half.
 
     Each positive adds its weight times the negative weight below its score plus half the tied one, read
@@ -205,8 +203,7 @@ def aggregate_videos(frame_table: pd.DataFrame, how: str = "mean") -> pd.DataFra
     if len(mixed):
         first = mixed.iloc[0]
         raise ValueError(
-            f"{len(mixed)} videos mix real and fake frames, "
-            f"e.g. {first['dataset']}/{first['method']}/{first['video']}"
+            f"{len(mixed)} videos mix real and fake frames, e.g. {first['dataset']}/{first['method']}/{first['video']}"
         )
     return videos[["dataset", "video", "label", "method", "score", "n_frames"]]
 
@@ -221,9 +218,7 @@ def _summary(table: pd.DataFrame, groups: np.ndarray | None, n_boot: int, seed: 
 
 def _frame_and_video(table: pd.DataFrame, how: str, n_boot: int, seed: int) -> dict[str, dict]:
     """Frame-level metrics with a video-clustered CI, and metrics of the aggregated videos."""
-    video_of_frame = (
-        table.groupby(list(VIDEO_KEY), sort=False, observed=True, dropna=False).ngroup().to_numpy()
-    )
+    video_of_frame = table.groupby(list(VIDEO_KEY), sort=False, observed=True, dropna=False).ngroup().to_numpy()
     return {
         "frame": _summary(table, video_of_frame, n_boot, seed),
         "video": _summary(aggregate_videos(table, how), None, n_boot, seed),

@@ -98,9 +98,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pa
         with tarfile.open(archive, mode="r:*") as tar:
             members = tar.getmembers()
             if not ends_with_end_block(tar):
-                raise DatasetLayoutError(
-                    f"{archive}: truncated (no end-of-archive block after the last member)"
-                )
+                raise DatasetLayoutError(f"{archive}: truncated (no end-of-archive block after the last member)")
             for member in members:
                 problem = member_problem(member)
                 if problem:

@@ -163,9 +163,7 @@ def _compression(image: np.ndarray, crf: int, rng: np.random.Generator) -> np.nd
     encoder.time_base = Fraction(1, 25)
     encoder.thread_count = 1  # one thread keeps the bitstream identical from run to run
     encoder.options = {"crf": str(crf)}
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24").reformat(
-        format="yuv420p"
-    )
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24").reformat(format="yuv420p")
     frame.pts = 0
     packets = [*encoder.encode(frame), *encoder.encode(None)]
     decoder = av.CodecContext.create("h264", "r")
@@ -213,9 +211,7 @@ def _check_level(level: int) -> int:
 def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
-            f"perturbations take RGB uint8 HxWxC=3 images, got dtype {image.dtype} shape {image.shape}"
-        )
+        raise ValueError(f"perturbations take RGB uint8 HxWxC=3 images, got dtype {image.dtype} shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"cannot perturb an empty image of shape {image.shape}")
     return np.ascontiguousarray(image)

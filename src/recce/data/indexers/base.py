@@ -67,8 +67,7 @@ class ItemCollector:
         if listed_in is not None and not item.source.exists():
             if not self.allow_missing:
                 raise DatasetLayoutError(
-                    f"{item.source}: listed in {listed_in} but missing on disk "
-                    "(allow_missing skips such items)"
+                    f"{item.source}: listed in {listed_in} but missing on disk (allow_missing skips such items)"
                 )
             self.skip(item.source, f"listed in {listed_in} but missing on disk")
             return

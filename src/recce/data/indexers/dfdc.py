@@ -93,9 +93,7 @@ def index_dfdc(
     if val_parts is None:
         val_numbers = {max(with_metadata)} if len(with_metadata) > 1 else set()
     else:
-        val_numbers = {
-            part_number(value) for value in ([val_parts] if isinstance(val_parts, str) else val_parts)
-        }
+        val_numbers = {part_number(value) for value in ([val_parts] if isinstance(val_parts, str) else val_parts)}
         absent = sorted(val_numbers - set(with_metadata))
         if absent:
             raise DatasetLayoutError(

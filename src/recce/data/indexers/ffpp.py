@@ -38,12 +38,9 @@ def read_split_pairs(splits_dir: Path) -> dict[str, list[tuple[str, str]]]:
             raise DatasetLayoutError(f"{path}: expected a JSON list of [id, id] pairs")
         pairs[split] = []
         for position, entry in enumerate(entries):
-            if not (
-                isinstance(entry, list) and len(entry) == 2 and all(isinstance(i, str) and i for i in entry)
-            ):
+            if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(i, str) and i for i in entry)):
                 raise DatasetLayoutError(
-                    f"{path}: entry {position} is {entry!r}, "
-                    "expected a pair of video ids such as ['000', '003']"
+                    f"{path}: entry {position} is {entry!r}, expected a pair of video ids such as ['000', '003']"
                 )
             for video_id in entry:
                 if owner.get(video_id, path) != path:
@@ -68,9 +65,7 @@ def index_ffpp(
     collector = ItemCollector(allow_missing)
     for compression in compressions:
         folders = {"youtube": root / "original_sequences" / "youtube" / compression / "videos"}
-        folders |= {
-            method: root / "manipulated_sequences" / method / compression / "videos" for method in methods
-        }
+        folders |= {method: root / "manipulated_sequences" / method / compression / "videos" for method in methods}
         if not allow_missing:
             for folder in folders.values():
                 require_dir(folder, "FF++ video")

@@ -71,9 +71,7 @@ def index_folder(root: Path, *, val_fraction: float = 0.0, test_fraction: float 
     val_fraction = check_fraction(val_fraction, "val_fraction")
     test_fraction = check_fraction(test_fraction, "test_fraction")
     if val_fraction + test_fraction > 1.0:
-        raise ValueError(
-            f"val_fraction + test_fraction must be at most 1, got {val_fraction + test_fraction}"
-        )
+        raise ValueError(f"val_fraction + test_fraction must be at most 1, got {val_fraction + test_fraction}")
     split_dirs = [split for split in SPLITS if (root / split).is_dir()]
     top_classes = [name for name in CLASS_FOLDERS if (root / name).is_dir()]
     if split_dirs and top_classes:

@@ -86,8 +86,7 @@ def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None) -> I
             for sequence in sequences:
                 if sequence.parent.name in CLASS_NAMES and sequence.parent.name != CLASS_NAMES[label]:
                     raise DatasetLayoutError(
-                        f"{sequence}: label folder {sequence.parent.name!r} "
-                        f"contradicts its archive folder {name}"
+                        f"{sequence}: label folder {sequence.parent.name!r} contradicts its archive folder {name}"
                     )
                 relative = sequence.relative_to(base).as_posix()
                 item = MediaItem(
