@@ -1,0 +1,35 @@
+"""`recce train`: train RECCE (or the Xception baseline) from a YAML config with the paper's recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+from recce.checkpoints import CheckpointError
+from recce.engine.config import ConfigError, load_config
+
+HELP = "train RECCE with the paper's recipe from a YAML config (multi-GPU: torchrun --nproc_per_node N -m recce train)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file in configs/ (defaults: the paper's FF++ recipe)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000 data.workers=8"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in train.out from its last.pt")
+    parser.add_argument("--stop-after", type=int, metavar="N", help="train N more steps, save, and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train.log)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from recce.engine.train import train
+
+    try:
+        config = load_config(args.config, args.overrides)
+        result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    except (ConfigError, CheckpointError) as error:
+        print(f"recce train: {error}")
+        return 2
+    state = "finished" if result.finished else "stopped (continue with --resume)"
+    best = f"; best validation {result.best['metric']} {result.best['value']:.4f} at step {result.best['step']}"
+    print(f"{state} at step {result.step}; outputs in {result.out}{best if result.best else ''}")
+    return 0

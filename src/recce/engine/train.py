@@ -1,0 +1,404 @@
+"""`recce train`: the paper's recipe on one CPU/GPU or many (torchrun), resumable, selecting on validation only.
+
+Full training state (model, optimiser, scheduler, grad scaler, step, sampler position, RNG states) is written
+atomically to `<out>/last.pt` every `checkpoint_every` steps; `--resume` continues from it and reproduces the
+losses of an uninterrupted run. The best model on the validation split is exported as `<out>/best.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from recce import checkpoints
+from recce.data import manifest
+from recce.data.dataset import ManifestDataset
+from recce.engine.config import SELECT_METRICS, ConfigError, TrainConfig
+from recce.engine.inference import score_frames
+from recce.engine.runtime import autocast, init_distributed, resolve_amp
+from recce.engine.sampler import EpochSampler
+from recce.losses import RecceLoss
+from recce.metrics import aggregate_videos, binary_metrics, json_safe
+
+log = logging.getLogger("recce")
+LOSS_NAMES = ("total", "classification", "flooded", "reconstruction", "metric")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    finished: bool
+    best: dict[str, Any] | None
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    m = config.model
+    options: dict[str, Any] = {"num_classes": m.num_classes, "drop_rate": m.drop_rate, "pretrained": m.pretrained}
+    if m.architecture == "recce":
+        options |= {"aggregation": m.aggregation, "multi_scale": m.multi_scale}
+    model_class, _ = checkpoints.ARCHITECTURES[m.architecture]
+    return model_class(**options)
+
+
+def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset | None]:
+    """Training and validation datasets; every data problem is a ConfigError raised before training."""
+    d = config.data
+    try:
+        frame = manifest.read(d.manifest)
+    except manifest.ManifestError as error:
+        raise ConfigError(str(error)) from None
+    filters = {"datasets": d.datasets, "methods": d.methods, "compressions": d.compressions}
+    sets = []
+    for split, train in ((d.train_split, True), (d.val_split, False)):
+        if split is None:
+            sets.append(None)
+            continue
+        try:
+            dataset = ManifestDataset(
+                frame, size=d.size, train=train, flip_p=d.flip_p, splits=[split], return_meta=not train, **filters
+            )
+        except ValueError as error:
+            raise ConfigError(f"{d.manifest}: split {split!r} is empty ({error})") from None
+        counts = np.bincount(dataset.labels, minlength=2)
+        if min(counts) == 0:
+            raise ConfigError(
+                f"{d.manifest}: split {split!r} has only one class ({counts[0]} real, {counts[1]} fake frames)"
+            )
+        sets.append(dataset)
+    train_set, val_set = sets
+    if val_set is not None and d.val_limit and len(val_set.frame) > d.val_limit:
+        keep = np.sort(np.random.default_rng(0).choice(len(val_set.frame), d.val_limit, replace=False))
+        val_set = ManifestDataset(val_set.frame.iloc[keep], size=d.size, return_meta=True)
+    return train_set, val_set
+
+
+def _lr_lambda(optim) -> Any:
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+        return warm * optim.gamma ** (step // optim.step_size)
+
+    return factor
+
+
+class Trainer:
+    """One training run; construct, then `run()`."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool = True):
+        self.config = config
+        self.progress = progress
+        self.context, self.device = init_distributed(config.train.device)
+        self.out = Path(config.train.out)
+        self.train_set, self.val_set = load_datasets(config)
+        state_path = self.out / "last.pt"
+        if resume and not state_path.is_file():
+            raise ConfigError(f"{state_path}: nothing to resume (no training state in {self.out})")
+        if not resume and state_path.is_file():
+            raise ConfigError(f"{self.out}: already holds a run; pass --resume to continue it or choose another out")
+        t = config.train
+        self.amp = resolve_amp(t.amp, self.device)
+        torch.manual_seed(t.seed + self.context.rank)
+        model = build_model(config).to(self.device)
+        if self.device.type == "cuda" and t.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.context.enabled and t.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.loss = RecceLoss(**vars(config.loss))
+        fused = self.device.type == "cuda"
+        o = config.optim
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, fused=fused
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o))
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**10, enabled=self.amp == "fp16")
+        wrapped: nn.Module = model
+        if self.context.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=ids)
+        self.step_model = torch.compile(wrapped) if t.compile else wrapped
+        self.sampler = EpochSampler(
+            self.train_set.labels,
+            t.batch_size,
+            balance=config.data.balance,
+            seed=t.seed,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+        )
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best: dict[str, Any] | None = None
+        self.writer = None
+        if resume:
+            self._restore(state_path)
+        if self.context.is_main:
+            self._open_outputs(resume)
+
+    # ------------------------------------------------------------------ outputs
+    def _open_outputs(self, resume: bool) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        handler = logging.FileHandler(self.out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        self._log_handler = handler
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if resume else None)
+        log.info(
+            "training %s on %d %s process(es), amp=%s, %d training / %s validation frames, from step %d",
+            self.config.model.architecture,
+            self.context.world_size,
+            self.device.type,
+            self.amp,
+            len(self.train_set),
+            len(self.val_set) if self.val_set is not None else "no",
+            self.step,
+        )
+
+    def _record(self, values: dict[str, float]) -> None:
+        line = json.dumps({"step": self.step, **json_safe(values)})
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(line + "\n")
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(name, value, self.step)
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict[str, Any]:
+        rng = [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [])
+        all_rng = [rng]
+        if self.context.enabled:
+            all_rng = [None] * self.context.world_size
+            dist.all_gather_object(all_rng, [r.cpu() for r in rng])
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": all_rng,
+            "best": json.dumps(json_safe(self.best)),
+            "world_size": self.context.world_size,
+        }
+
+    def _save_state(self) -> None:
+        state = self._state()
+        if self.context.is_main:
+            path = self.out / "last.pt"
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+
+    def _restore(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best = json.loads(state["best"])
+        if state["world_size"] == self.context.world_size:
+            rng = state["rng"][self.context.rank]
+            torch.set_rng_state(rng[0])
+            if self.device.type == "cuda" and len(rng) > 1:
+                torch.cuda.set_rng_state_all(rng[1:])
+        else:
+            log.warning(
+                "resuming with %d processes instead of %d: RNG streams are reseeded",
+                self.context.world_size,
+                state["world_size"],
+            )
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float]:
+        """Frame- and video-level metrics of the validation split, scored by all processes together."""
+        frame = self.val_set.frame
+        mine = ManifestDataset(
+            frame.iloc[self.context.rank :: self.context.world_size], size=self.config.data.size, return_meta=True
+        )
+        scores = score_frames(
+            self.model,
+            mine,
+            batch_size=self.config.train.val_batch_size,
+            device=self.device,
+            amp=self.amp,
+            workers=self.config.data.workers,
+            progress=False,
+        )
+        if self.context.enabled:
+            parts = [None] * self.context.world_size
+            dist.all_gather_object(parts, scores)
+            scores = pd.concat(parts, ignore_index=True)
+        self.model.train()
+        labels, values = scores["label"].to_numpy(), scores["score"].to_numpy()
+        metrics = {f"val/{k}": v for k, v in binary_metrics(labels, values).items()}
+        videos = aggregate_videos(scores)
+        metrics["val/video_auc"] = binary_metrics(videos["label"].to_numpy(), videos["score"].to_numpy())["auc"]
+        return metrics
+
+    def _select(self, metrics: dict[str, float]) -> None:
+        name = self.config.train.select_metric
+        value = metrics[f"val/{name}"]
+        higher = SELECT_METRICS[name]
+        better = self.best is None or (value > self.best["value"] if higher else value < self.best["value"])
+        if better and value == value:  # NaN never wins
+            self.best = {"metric": name, "value": value, "step": self.step, "metrics": metrics}
+            self._export("best.safetensors", metrics)
+            log.info("step %d: new best validation %s = %.4f", self.step, name, value)
+
+    def _export(self, name: str, metrics: dict[str, float] | None) -> None:
+        extra = {
+            "input_size": self.config.data.size,
+            "step": self.step,
+            "trained_on": self.config.data.datasets or "all",
+            "validation": json_safe(metrics or {}),
+        }
+        checkpoints.save(self.model, self.out / name, extra=extra)
+
+    def _log_images(self) -> None:
+        import torchvision
+
+        images = torch.stack([self.val_set[i][0] for i in range(min(4, len(self.val_set)))]).to(self.device)
+        self.model.eval()
+        with torch.inference_mode(), autocast(self.device, self.amp):
+            output = self.model(images)
+        self.model.train()
+        if output.reconstruction is None:
+            return
+        recon = output.reconstruction.float()
+        diff = (images - recon).abs().mean(1, keepdim=True).expand(-1, 3, -1, -1) - 1
+        grid = torchvision.utils.make_grid(torch.cat([images, recon, diff]), nrow=len(images), normalize=True)
+        self.writer.add_image("val/input_reconstruction_difference", grid, self.step)
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self) -> DataLoader:
+        workers = self.config.data.workers
+        return DataLoader(
+            self.train_set,
+            batch_size=self.config.train.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+            generator=torch.Generator().manual_seed(self.config.train.seed),
+        )
+
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        """Train to `train.steps`, or for at most `stop_after` more steps (then save and return)."""
+        t = self.config.train
+        last_step = t.steps if stop_after is None else min(t.steps, self.step + stop_after)
+        self.model.train()
+        sums = torch.zeros(len(LOSS_NAMES), device=self.device)
+        count, tick = 0, time.perf_counter()
+        bar = tqdm(
+            total=t.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (self.progress and self.context.is_main),
+        )
+        try:
+            while self.step < last_step:
+                self.sampler.set_position(self.epoch, self.batch_in_epoch)
+                for images, labels in self._loader():
+                    losses = self._train_step(images, labels)
+                    sums += torch.stack([losses[n].detach() for n in LOSS_NAMES])
+                    count += 1
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    bar.update(1)
+                    if self.step % t.log_every == 0 or self.step == last_step:
+                        rate = count * t.batch_size * self.context.world_size / (time.perf_counter() - tick)
+                        self._log_losses(sums, count, rate, bar)
+                        sums.zero_()
+                        count, tick = 0, time.perf_counter()
+                    if self.val_set is not None and (self.step % t.val_every == 0 or self.step == t.steps):
+                        self._validate_and_select()
+                    if self.step % t.checkpoint_every == 0 or self.step == last_step:
+                        self._save_state()
+                    if self.step >= last_step:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        finally:
+            bar.close()
+        finished = self.step >= t.steps
+        if finished and self.context.is_main:
+            self._export("final.safetensors", self.best["metrics"] if self.best else None)
+            if self.val_set is None:
+                self._export("best.safetensors", None)
+            (self.out / "summary.json").write_text(
+                json.dumps(json_safe({"steps": self.step, "best": self.best}), indent=2)
+            )
+            log.info("finished %d steps; best: %s", self.step, self.best and self.best["value"])
+        if self.context.is_main:
+            self.writer.close()
+            log.removeHandler(self._log_handler)
+        return TrainResult(self.out, self.step, finished, self.best)
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            output = self.step_model(images)
+            losses = self.loss(output, images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return losses
+
+    def _log_losses(self, sums: torch.Tensor, count: int, rate: float, bar: tqdm) -> None:
+        if self.context.enabled:
+            dist.all_reduce(sums)
+            sums = sums / self.context.world_size
+        values = dict(zip((f"loss/{n}" for n in LOSS_NAMES), (sums / count).tolist(), strict=True))
+        if not self.context.is_main:
+            return
+        values["lr"] = self.scheduler.get_last_lr()[0]
+        values["images_per_s"] = rate
+        bar.set_postfix(loss=f"{values['loss/total']:.4f}", img_s=f"{rate:.0f}")
+        self._record(values)
+        log.info("step %d: %s", self.step, " ".join(f"{k}={v:.5g}" for k, v in values.items()))
+
+    def _validate_and_select(self) -> None:
+        metrics = self.validate()
+        if self.context.is_main:
+            self._record(metrics)
+            log.info("step %d: %s", self.step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            self._select(metrics)
+            self._log_images()
+
+
+def train(
+    config: TrainConfig, *, resume: bool = False, stop_after: int | None = None, progress: bool = True
+) -> TrainResult:
+    """Run (or resume) a training run described by `config`."""
+    return Trainer(config, resume=resume, progress=progress).run(stop_after=stop_after)
