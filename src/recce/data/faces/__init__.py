@@ -10,6 +10,7 @@ from recce.data.faces.retinaface import (
     decode_boxes,
     decode_landmarks,
     load_retinaface,
+    postprocess,
     prior_boxes,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "decode_boxes",
     "decode_landmarks",
     "load_retinaface",
+    "postprocess",
     "prior_boxes",
 ]
