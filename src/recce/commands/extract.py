@@ -1,0 +1,135 @@
+"""`recce extract`: detect and crop faces of a dataset's videos into a manifest, resumably and in parallel."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from recce.data.indexers import INDEXERS
+
+HELP = "extract face crops from a dataset's videos into a manifest (resumable, parallel, shardable)"
+
+logger = logging.getLogger("recce")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=sorted(INDEXERS), help="dataset layout to index")
+    parser.add_argument("--root", required=True, help="dataset root folder")
+    parser.add_argument("--out", required=True, help="output folder (crops, parts, manifest.parquet)")
+
+    options = parser.add_argument_group("dataset options (each applies to the datasets named)")
+    options.add_argument("--splits", dest="splits_dir", help="ffpp: folder with train/val/test.json")
+    options.add_argument(
+        "--compression", dest="compressions", action="append", help="ffpp: raw, c23 or c40 (repeatable)"
+    )
+    options.add_argument("--methods", nargs="+", help="ffpp: manipulation methods to include")
+    options.add_argument(
+        "--allow-missing",
+        action="store_true",
+        default=None,
+        help="ffpp, celebdf, dfdc, dfdcp: skip listed files that are missing",
+    )
+    options.add_argument("--val-fraction", type=float, help="celebdf, dfdcp, folder: share of train moved to val")
+    options.add_argument("--test-fraction", type=float, help="folder: share of items drawn for test")
+    options.add_argument("--val-parts", nargs="+", help="dfdc: training parts used as val")
+    options.add_argument("--extract-to", help="wilddeepfake: where archives are unpacked")
+
+    sampling = parser.add_argument_group("frames").add_mutually_exclusive_group()
+    sampling.add_argument("--frames", type=int, default=32, help="frames per video, evenly spaced (default 32)")
+    sampling.add_argument("--every", type=int, help="every K-th frame instead")
+    sampling.add_argument("--all-frames", action="store_true", help="every frame instead")
+
+    faces = parser.add_argument_group("faces")
+    faces.add_argument(
+        "--detector",
+        default="auto",
+        help="auto (RetinaFace when weights are given, else Haar), retinaface, retinaface-mobilenet0.25, "
+        "retinaface-resnet50, haar, or none: the whole image is the crop, stored unresized "
+        "(already-cropped faces such as WildDeepfake's)",
+    )
+    faces.add_argument("--weights", help="RetinaFace weights (or set RECCE_RETINAFACE_WEIGHTS)")
+    faces.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    faces.add_argument("--choose", choices=["score", "largest"], default="score", help="face kept per frame")
+    faces.add_argument("--min-score", type=float, default=0.6, help="ignore faces scoring lower (default 0.6)")
+    faces.add_argument("--scale", type=float, default=1.3, help="crop side / face box side (default 1.3)")
+    faces.add_argument("--size", type=int, default=299, help="crop size in pixels (default 299)")
+    faces.add_argument("--edge", choices=["clip", "pad"], default="clip", help="crops crossing the frame edge")
+    faces.add_argument("--batch-size", type=int, default=16, help="frames per detector call (default 16)")
+
+    output = parser.add_argument_group("output and execution")
+    output.add_argument("--format", dest="image_format", choices=["png", "jpg"], default="png")
+    output.add_argument("--jpeg-quality", type=int, default=95)
+    output.add_argument("--workers", type=int, default=0, help="worker processes; 0 = in this process")
+    output.add_argument("--shard", help="K/N: process only the K-th of N interleaved parts of the item list")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+INDEX_OPTIONS = (
+    "splits_dir",
+    "compressions",
+    "methods",
+    "allow_missing",
+    "val_fraction",
+    "test_fraction",
+    "val_parts",
+    "extract_to",
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    from recce.data.extract import ExtractError, ExtractSettings, extract, output_names, parse_shard
+    from recce.data.indexers import DatasetLayoutError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sampling = "all" if args.all_frames else "every" if args.every is not None else "uniform"
+    try:
+        shard_range = parse_shard(args.shard) if args.shard else None
+        settings = ExtractSettings(
+            sampling=sampling,
+            frames=args.frames,
+            every=args.every or 1,
+            detector=args.detector,
+            weights=args.weights,
+            choose=args.choose,
+            min_score=args.min_score,
+            scale=args.scale,
+            size=args.size,
+            edge=args.edge,
+            image_format=args.image_format,
+            jpeg_quality=args.jpeg_quality,
+        )
+        summary = extract(
+            args.dataset,
+            args.root,
+            args.out,
+            settings,
+            index_options={name: getattr(args, name) for name in INDEX_OPTIONS if getattr(args, name) is not None},
+            workers=args.workers,
+            device=args.device,
+            batch_size=args.batch_size,
+            shard=shard_range,
+            progress=not args.no_progress,
+        )
+    except (ExtractError, DatasetLayoutError, ValueError, OSError) as error:
+        print(f"recce extract: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recce extract: interrupted before extraction started", file=sys.stderr)
+        return 130
+    collected = summary.collected
+    shard = f" (shard {args.shard})" if args.shard else ""
+    print(f"{summary.dataset}{shard}: {summary.items} items, detector {', '.join(collected.detectors) or '-'}")
+    print(
+        f"  videos: {summary.done} extracted, {summary.already_done} already done, {summary.failed} failed"
+        + (f", {summary.index_skipped} skipped by the indexer" if summary.index_skipped else "")
+    )
+    print(f"  frames: {summary.frames} sampled, {summary.faces} with a face, {summary.no_face} without")
+    print(f"  manifest: {collected.manifest}: {collected.rows} crops; {collected.no_face} faceless frames")
+    if summary.failures:
+        failures = collected.manifest.parent / output_names(shard_range)["failures"]
+        print(f"  failures: {len(summary.failures)} inputs listed with the reason in {failures}")
+    if summary.interrupted:
+        print("interrupted: the manifest holds the finished items; re-run the same command to resume")
+        return 130
+    return 0

@@ -1,0 +1,433 @@
+"""Face extraction: dataset index -> sampled frames -> detected, cropped faces on disk -> a manifest.
+
+Output folder layout (O):
+- `crops/<dataset>/<video>/<frame:06d>.<png|jpg>`: the face crops.
+- `parts/<dataset>/<quoted video id>.parquet`: one per finished item, written last and atomically; its
+  existence marks the item done, so an interrupted run resumes where it stopped. It holds the item's
+  manifest rows (paths relative to O) and, in the Parquet metadata, the sampled frames without a face.
+- `parts/<dataset>/settings.json`: the settings that shaped the crops; resuming with others is refused.
+- `manifest.parquet`, `failures.csv` (path, reason) and `no_face.csv` (frames where no face was kept);
+  a shard K of N writes `manifest-shard-K-of-N.parquet`, `failures-shard-K-of-N.csv` and so on.
+
+Every file is written under a temporary name and renamed, so a kill at any moment leaves either the old
+state or the new one; crops of an unfinished item are deleted before the item is redone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import signal
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from urllib.parse import quote
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from recce.data import manifest
+from recce.data.faces import FaceDetector, build_detector, choose_face, crop_face
+from recce.data.faces.base import DETECTOR_NAMES
+from recce.data.faces.crop import EDGE_MODES
+from recce.data.indexers import MediaItem, index_dataset
+from recce.data.video import MediaError, media_length, read_media, sample_indices
+
+logger = logging.getLogger("recce")
+
+CROPS_DIR = "crops"
+PARTS_DIR = "parts"
+PART_METADATA_KEY = b"recce.extract"
+NO_DETECTOR = "none"
+SAMPLING_MODES = ("uniform", "every", "all")
+IMAGE_FORMATS = ("png", "jpg")
+_CROP_FILE = re.compile(r"^\d{6,}\.(png|jpg)$|^\..+\.tmp$")
+
+
+class ExtractError(ValueError):
+    """An extraction that cannot start (bad option, output folder made with other settings)."""
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Everything that decides an item's crops; stored with the parts so a resume cannot mix settings."""
+
+    sampling: str = "uniform"  # uniform (count frames evenly spaced), every (each `every`-th), all
+    frames: int = 32
+    every: int = 1
+    detector: str = "auto"  # a recce.data.faces detector name, or "none": the whole image is the crop
+    weights: str | None = None
+    choose: str = "score"  # which face when several: score or largest
+    min_score: float = 0.6
+    scale: float = 1.3
+    size: int = 299
+    edge: str = "clip"
+    image_format: str = "png"
+    jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLING_MODES:
+            raise ExtractError(f"unknown sampling {self.sampling!r}; use one of {', '.join(SAMPLING_MODES)}")
+        if self.detector not in (*DETECTOR_NAMES, NO_DETECTOR):
+            names = ", ".join((*DETECTOR_NAMES, NO_DETECTOR))
+            raise ExtractError(f"unknown face detector {self.detector!r}; use one of {names}")
+        if self.choose not in ("score", "largest"):
+            raise ExtractError(f"unknown face choice {self.choose!r}; use score or largest")
+        if self.edge not in EDGE_MODES:
+            raise ExtractError(f"unknown crop edge mode {self.edge!r}; use one of {', '.join(EDGE_MODES)}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ExtractError(f"unknown image format {self.image_format!r}; use png or jpg")
+        if not 0 <= self.jpeg_quality <= 100:
+            raise ExtractError(f"JPEG quality must be within 0..100, got {self.jpeg_quality}")
+        if self.frames <= 0 or self.every <= 0 or self.size <= 0:
+            raise ExtractError("frame count, frame step and crop size must be positive")
+
+
+@dataclass
+class ItemOutcome:
+    """What happened to one item in a worker."""
+
+    source: str
+    failed: str = ""  # the reason, when the item could not be read
+    frames: int = 0
+    faces: int = 0
+
+
+@dataclass
+class Collected:
+    """The combined outputs of every finished item of a shard."""
+
+    manifest: Path
+    rows: int
+    detectors: list[str]
+    no_face: int
+
+
+@dataclass
+class ExtractSummary:
+    dataset: str
+    items: int  # in this shard
+    done: int = 0  # extracted by this run
+    already_done: int = 0
+    failed: int = 0
+    frames: int = 0  # sampled by this run
+    faces: int = 0
+    collected: Collected | None = None  # the manifest over every finished item of the shard
+    failures: list[tuple[str, str]] = field(default_factory=list)  # this run's, plus the indexer's skips
+    index_skipped: int = 0
+    interrupted: bool = False
+
+    @property
+    def no_face(self) -> int:
+        return self.frames - self.faces
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ExtractError(f"shard {text!r} is not K/N with 1 <= K <= N (e.g. 2/8)")
+    return int(match[1]), int(match[2])
+
+
+def shard_items(items: Sequence[MediaItem], shard: tuple[int, int] | None) -> list[MediaItem]:
+    """Items in a fixed order (dataset, video id), keeping every N-th from position K-1 for shard K/N."""
+    ordered = sorted(items, key=lambda item: (item.dataset, item.video, str(item.source)))
+    if shard is None:
+        return ordered
+    k, n = shard
+    return ordered[k - 1 :: n]
+
+
+def part_path(out: Path, item: MediaItem) -> Path:
+    """The item's done-marker; percent-quoting keeps distinct video ids distinct as flat file names."""
+    return out / PARTS_DIR / item.dataset / f"{quote(item.video, safe='')}.parquet"
+
+
+def crop_dir(out: Path, item: MediaItem) -> Path:
+    return out / CROPS_DIR / item.dataset / item.video
+
+
+def output_names(shard: tuple[int, int] | None) -> dict[str, str]:
+    suffix = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
+    return {
+        "manifest": f"manifest{suffix}.parquet",
+        "failures": f"failures{suffix}.csv",
+        "no_face": f"no_face{suffix}.csv",
+    }
+
+
+def _replace_atomically(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write under a temporary name (in `tmp_dir`, on the same file system) and rename into place."""
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _remove_stale_outputs(out: Path, shard: tuple[int, int] | None) -> None:
+    """Temporary files of this shard's outputs that a killed run left (other shards may be writing theirs)."""
+    for name in output_names(shard).values():
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    _replace_atomically(path, buffer.getvalue().encode("utf-8"))
+
+
+def _check_settings(out: Path, dataset: str, settings: ExtractSettings) -> None:
+    """Record the settings; refuse other ones once an item was finished with the recorded ones."""
+    path = out / PARTS_DIR / dataset / "settings.json"
+    current = asdict(settings)
+    if path.is_file() and any(path.parent.glob("*.parquet")):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+        if changed:
+            details = ", ".join(f"{k}: {old!r} before, {new!r} now" for k, (old, new) in changed.items())
+            raise ExtractError(
+                f"{out}: {dataset} was extracted there with other settings ({details}); "
+                "re-run with the same options or choose another --out"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(path, json.dumps(current, indent=2).encode("utf-8"))
+
+
+# Per-process worker state: the settings, output folder and the detector, built once per process.
+_worker: dict = {}
+
+
+def _init_worker(
+    settings: ExtractSettings, out: Path, device: str | None, batch_size: int, threads: int, pooled: bool
+) -> None:
+    if pooled:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
+        cv2.setNumThreads(threads)
+        torch.set_num_threads(threads)
+    _worker.update(settings=settings, out=out, detector=None, batch_size=batch_size, error=None)
+    if settings.detector == NO_DETECTOR:
+        return
+    try:
+        _worker["detector"] = build_detector(
+            settings.detector,
+            weights=settings.weights,
+            device=device,
+            score_threshold=settings.min_score,
+            batch_size=batch_size,
+        )
+    except Exception as error:  # raised from the first task: a failing Pool initializer is retried forever
+        _worker["error"] = error
+
+
+def _batches(pairs: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+    while batch := list(islice(pairs, size)):
+        yield batch
+
+
+def _clear_crops(folder: Path) -> None:
+    """Delete crop and temporary files an unfinished attempt left (sub-folders belong to other videos)."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_file() and _CROP_FILE.match(path.name):
+                path.unlink()
+
+
+def _write_crop(path: Path, crop: np.ndarray, settings: ExtractSettings) -> None:
+    params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
+    ok, encoded = cv2.imencode(f".{settings.image_format}", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError(f"{path}: OpenCV could not encode the crop")
+    _replace_atomically(path, encoded.tobytes())
+
+
+def _write_part(path: Path, rows: list[dict], metadata: dict, tmp_dir: Path) -> None:
+    """The item's rows, and its metadata in the Parquet footer; the temporary file sits among the item's crops,
+    where a redo of the item deletes it if a kill left it."""
+    table = pa.Table.from_pandas(manifest.to_frame(rows), preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), PART_METADATA_KEY: json.dumps(metadata).encode("utf-8")}
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(path, sink.getvalue().to_pybytes(), tmp_dir)
+
+
+def extract_item(
+    item: MediaItem,
+    settings: ExtractSettings,
+    out: Path,
+    detector: FaceDetector | None,
+    batch_size: int = 16,
+) -> ItemOutcome:
+    """Crop the faces of one item and write its part; a MediaError leaves no crops of it behind."""
+    folder = crop_dir(out, item)
+    _clear_crops(folder)
+    try:
+        return _extract_item(item, settings, out, folder, detector, batch_size)
+    except MediaError as error:
+        _clear_crops(folder)
+        return ItemOutcome(source=str(item.source), failed=str(error))
+
+
+def _extract_item(
+    item: MediaItem,
+    settings: ExtractSettings,
+    out: Path,
+    folder: Path,
+    detector: FaceDetector | None,
+    batch_size: int,
+) -> ItemOutcome:
+    indices = sample_indices(media_length(item.source, item.kind), settings.sampling, settings.frames, settings.every)
+    detector_name = detector.name if detector is not None else NO_DETECTOR
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    no_face: list[int] = []
+    for batch in _batches(read_media(item.source, item.kind, indices), batch_size):
+        found = detector.detect([frame for _, frame in batch]) if detector is not None else [None] * len(batch)
+        for (index, frame), faces in zip(batch, found, strict=True):
+            if detector is None:
+                crop, box, score = frame, (0.0, 0.0, float(frame.shape[1]), float(frame.shape[0])), 1.0
+            else:
+                face = choose_face(faces, settings.choose, settings.min_score)
+                if face is None:
+                    no_face.append(index)
+                    continue
+                crop = crop_face(frame, face.box, settings.scale, settings.size, settings.edge)
+                box, score = face.box, face.score
+            name = f"{index:06d}.{settings.image_format}"
+            _write_crop(folder / name, crop, settings)
+            rows.append(
+                {
+                    "path": (folder / name).relative_to(out).as_posix(),
+                    "dataset": item.dataset,
+                    "split": item.split,
+                    "video": item.video,
+                    "frame": index,
+                    "label": item.label,
+                    "method": item.method,
+                    "compression": item.compression,
+                    "x1": box[0],
+                    "y1": box[1],
+                    "x2": box[2],
+                    "y2": box[3],
+                    "score": score,
+                    "detector": detector_name,
+                }
+            )
+    metadata = {"source": str(item.source), "detector": detector_name, "sampled": indices, "no_face": no_face}
+    _write_part(part_path(out, item), rows, metadata, tmp_dir=folder)
+    return ItemOutcome(source=str(item.source), frames=len(indices), faces=len(rows))
+
+
+def _run_item(item: MediaItem) -> ItemOutcome:
+    if _worker["error"] is not None:
+        raise _worker["error"]
+    return extract_item(item, _worker["settings"], _worker["out"], _worker["detector"], _worker["batch_size"])
+
+
+def _process(
+    todo: list[MediaItem],
+    settings: ExtractSettings,
+    out: Path,
+    *,
+    workers: int,
+    device: str | None,
+    batch_size: int,
+) -> Iterator[ItemOutcome]:
+    if workers == 0:
+        _init_worker(settings, out, device, batch_size, threads=0, pooled=False)
+        yield from map(_run_item, todo)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # safe with torch and CUDA, and the same on every OS
+    initargs = (settings, out, device, batch_size, threads, True)
+    with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+        yield from pool.imap_unordered(_run_item, todo, chunksize=1)
+
+
+def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None) -> Collected:
+    """Combine the parts of the finished items into the manifest and the no-face list."""
+    names = output_names(shard)
+    frames, no_face_rows, detectors = [], [], set()
+    for item in items:
+        path = part_path(out, item)
+        if not path.is_file():
+            continue
+        table = pq.read_table(path)
+        metadata = json.loads(table.schema.metadata[PART_METADATA_KEY])
+        frames.append(table.to_pandas())
+        detectors.add(metadata["detector"])
+        no_face_rows.extend((item.dataset, item.split, item.video, i, item.source) for i in metadata["no_face"])
+    combined = manifest.to_frame(pd.concat(frames, ignore_index=True) if frames else [])
+    combined = combined.sort_values(["dataset", "split", "video", "frame"], kind="stable")
+    path = manifest.write(combined, out / names["manifest"])
+    _write_csv(out / names["no_face"], ("dataset", "split", "video", "frame", "source"), no_face_rows)
+    return Collected(manifest=path, rows=len(combined), detectors=sorted(detectors), no_face=len(no_face_rows))
+
+
+def extract(
+    dataset: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: ExtractSettings,
+    *,
+    index_options: dict | None = None,
+    workers: int = 0,
+    device: str | None = None,
+    batch_size: int = 16,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Extract face crops of a dataset into `out`, resuming finished items; Ctrl-C still writes the manifest.
+
+    workers=0 runs in this process; otherwise a spawn pool of that many processes, each with its own detector.
+    """
+    if workers < 0 or batch_size <= 0:
+        raise ExtractError("workers must be >= 0 and batch size > 0")
+    out = Path(out)
+    _check_settings(out, dataset, settings)
+    _remove_stale_outputs(out, shard)
+    result = index_dataset(dataset, Path(root), **(index_options or {}))
+    items = shard_items(result.items, shard)
+    todo = [item for item in items if not part_path(out, item).is_file()]
+    run = ExtractSummary(dataset=dataset, items=len(items), already_done=len(items) - len(todo))
+    run.index_skipped = len(result.skipped)
+    run.failures = list(result.skipped)
+    bar = tqdm(total=len(todo), unit="video", desc=f"extract {dataset}", disable=None if progress else True)
+    outcomes = _process(todo, settings, out, workers=workers, device=device, batch_size=batch_size)
+    try:
+        for outcome in outcomes:
+            if outcome.failed:
+                run.failed += 1
+                run.failures.append((outcome.source, outcome.failed.removeprefix(f"{outcome.source}: ")))
+                logger.warning("%s", outcome.failed)
+            else:
+                run.done += 1
+                run.frames += outcome.frames
+                run.faces += outcome.faces
+            bar.update()
+            bar.set_postfix(faces=run.faces, failed=run.failed, refresh=False)
+    except KeyboardInterrupt:
+        run.interrupted = True
+    finally:
+        outcomes.close()  # stops the pool now, also when the interrupt arrived outside the generator
+        bar.close()
+        run.collected = collect(out, items, shard)
+        _write_csv(out / output_names(shard)["failures"], ("path", "reason"), run.failures)
+    return run
