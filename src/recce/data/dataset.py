@@ -2,8 +2,8 @@
 
 Transform (RECCE's albumentations pipeline): cv2 read, BGR->RGB, optional perturbation, Resize(size, size)
 bilinear without keeping the aspect ratio, HorizontalFlip(p) in training only, Normalize(mean 0.5, std 0.5)
-to [-1, 1], CHW float32. The flip draws from torch's default generator, which DataLoader seeds per worker
-from the main process's generator, so `torch.manual_seed` makes a whole epoch's flips reproducible.
+to [-1, 1], CHW float32. The training sampler passes each row's augmentation seed with its index, so flips are
+the same whatever the workers and when a run resumes; a bare index draws from torch's generator instead.
 """
 
 from __future__ import annotations
@@ -102,16 +102,21 @@ class ManifestDataset(Dataset):
             image = self.perturbation(image, row_seed(str(self._keys[index])))
         return image
 
-    def transform(self, image: np.ndarray) -> torch.Tensor:
+    def transform(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
+        """Resize, flip (training only; decided by `seed` when given), normalise to [-1, 1], CHW float32."""
         if image.shape[:2] != (self.size, self.size):
             image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        if self.train and torch.rand(()).item() < self.flip_p:
-            image = image[:, ::-1]
+        if self.train:
+            draw = torch.rand(()).item() if seed is None else np.random.default_rng(seed).random()
+            if draw < self.flip_p:
+                image = image[:, ::-1]
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return (tensor.to(torch.float32) - 127.5) / 127.5
 
-    def __getitem__(self, index: int):
-        image = self.transform(self.load_image(index))
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`key` is a row, or (row, augmentation seed) as the training sampler yields to make flips reproducible."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.transform(self.load_image(index), seed)
         label = int(self._labels[index])
         if not self.return_meta:
             return image, label

@@ -1,0 +1,96 @@
+"""`recce visualize`: difference-mask panels (input, reconstruction, |x - x̂|, attention) for face crops."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from recce.commands.evaluate import one_line
+from recce.data import manifest
+from recce.data.perturb import SEED_TABLE5
+from recce.data.video import list_frame_files, read_image
+from recce.engine.evaluate import load_detector
+from recce.engine.runtime import AMP_MODES
+from recce.visualize import FaceItem, write_panels
+
+HELP = "draw RECCE's difference masks (reconstruction error and attention) for face crops, optionally perturbed"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="RECCE checkpoint (.safetensors)")
+    parser.add_argument("--images", nargs="+", default=[], help="face crop files or folders of crops (no detection)")
+    parser.add_argument("--manifest", help="take crops from this manifest instead of (or besides) --images")
+    parser.add_argument("--split", default="test", help="manifest split (default test)")
+    parser.add_argument("--datasets", nargs="+", help="manifest datasets kept")
+    parser.add_argument("--methods", nargs="+", help="manifest fake methods kept (reals are kept)")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=8,
+        help="manifest crops drawn: one per video, reals and fakes alternating (default 8)",
+    )
+    parser.add_argument("--out", required=True, help="output folder for the PNG panels and index.md")
+    parser.add_argument("--perturb", action="store_true", help="one row per perturbation of each face (seed Figure 1)")
+    parser.add_argument("--perturbations", nargs="+", default=list(SEED_TABLE5), help="types drawn with --perturb")
+    parser.add_argument("--level", type=int, default=3, help="perturbation level with --perturb (default 3)")
+    parser.add_argument("--size", type=int, help="input side (default: the checkpoint's input_size)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision")
+
+
+def _file_items(paths: list[str]) -> list[FaceItem]:
+    files: list[Path] = []
+    for given in map(Path, paths):
+        files.extend(list_frame_files(given) if given.is_dir() else [given])
+    return [FaceItem(str(path), read_image(path), str(path)) for path in files]
+
+
+def _spread(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """Up to `limit` rows, one per video, alternating real and fake so both classes are shown."""
+    videos = frame.drop_duplicates(["dataset", "method", "video"])
+    by_label = [rows.reset_index(drop=True) for _, rows in videos.groupby("label", sort=True)]
+    interleaved = pd.concat(by_label).sort_index(kind="stable")
+    return interleaved.head(limit)
+
+
+def _manifest_items(args: argparse.Namespace) -> list[FaceItem]:
+    frame = manifest.select(
+        manifest.read(args.manifest), splits=[args.split], datasets=args.datasets, methods=args.methods
+    )
+    if frame.empty:
+        raise ValueError(f"{args.manifest}: no rows in split {args.split!r} match the filters")
+    items = []
+    for row in _spread(frame, args.limit).itertuples():
+        kind = "fake" if row.label == 1 else "real"
+        title = f"{row.dataset}/{row.video} frame {row.frame} ({kind}, {row.method})"
+        items.append(FaceItem(row.path, read_image(row.abspath), title))
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if not args.images and not args.manifest:
+            raise ValueError("give face crops with --images and/or --manifest")
+        if args.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        model, size = load_detector(args.checkpoint, args.size)
+        items = _file_items(args.images) + (_manifest_items(args) if args.manifest else [])
+        perturbations = args.perturbations if args.perturb else ()
+        panels = write_panels(
+            model,
+            items,
+            args.out,
+            perturbations=perturbations,
+            level=args.level,
+            size=size,
+            device=args.device,
+            amp=args.amp,
+        )
+    except (ValueError, OSError) as error:
+        print(f"recce visualize: {one_line(error)}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(panels)} panels and {Path(args.out) / 'index.md'}")
+    return 0

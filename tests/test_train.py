@@ -1,0 +1,192 @@
+"""Training engine: bad configs fail early, loss improves, resume reproduces the run, torchrun with gloo works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from recce import checkpoints
+from recce.cli import main
+from recce.data import manifest
+from recce.engine.config import ConfigError, load_config
+from recce.engine.sampler import EpochSampler
+from recce.engine.train import train
+
+SIZE = 32
+
+
+def _image(label: int, rng: np.random.Generator) -> np.ndarray:
+    """Reals are smooth gradients; fakes carry a 2-pixel checkerboard, a trace a CNN learns in a few steps."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    base = 90 + 60 * np.sin(x / rng.uniform(4, 9) + rng.uniform(0, 6)) + 40 * np.cos(y / rng.uniform(4, 9))
+    image = np.repeat(base[..., None], 3, axis=2) + rng.normal(0, 4, (SIZE, SIZE, 3))
+    if label:
+        image += 35 * (((x // 2 + y // 2) % 2) * 2 - 1)[..., None]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, videos in (("train", 8), ("val", 4), ("test", 4)):
+        for v in range(videos):
+            label = v % 2
+            for f in range(4):
+                rel = f"crops/{split}/v{v}/{f}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / rel), _image(label, rng))
+                rows.append(
+                    dict(
+                        path=rel,
+                        dataset="toy",
+                        split=split,
+                        video=f"{split}{v}",
+                        frame=f,
+                        label=label,
+                        method="checker" if label else "real",
+                        compression="png",
+                        x1=0,
+                        y1=0,
+                        x2=SIZE,
+                        y2=SIZE,
+                        score=1.0,
+                        detector="none",
+                    )
+                )
+    return manifest.write(manifest.to_frame(rows), root / "manifest.parquet")
+
+
+def _config(tmp_path: Path, manifest_path: Path, *extra: str):
+    overrides = [
+        f"data.manifest={manifest_path}",
+        f"data.size={SIZE}",
+        "data.workers=0",
+        "model.pretrained=null",
+        "train.batch_size=8",
+        "train.val_batch_size=16",
+        "train.log_every=1",
+        f"train.out={tmp_path / 'run'}",
+        "optim.lr=0.001",
+        "data.datasets=null",
+        "data.compressions=null",
+        *extra,
+    ]
+    return load_config(Path(__file__).parents[1] / "configs" / "recce_ffpp_c23.yaml", overrides)
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss/total"]) for r in lines if "loss/total" in r]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.manifest=/nonexistent/manifest.parquet", "manifest not found"),
+        ("data.train_split=nosuchsplit", "split 'nosuchsplit' is empty"),
+        ("data.methods=[checker]", None),  # valid: keeps reals and the named method
+        ("train.bogus=1", "unknown key train.bogus"),
+        ("data.datasets=[toy] data.val_split=train", "val_split equals"),
+    ],
+)
+def test_bad_configuration_fails_before_training(tmp_path, tiny_manifest, override, message):
+    args = override.split()
+    if message is None:
+        assert _config(tmp_path, tiny_manifest, *args).data.methods == ["checker"]
+        return
+    with pytest.raises(ConfigError, match=message):
+        train(_config(tmp_path, tiny_manifest, *args), progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_one_class_split_is_rejected_with_a_message(tmp_path, tiny_manifest, capsys):
+    frame = manifest.read(tiny_manifest)
+    frame.loc[frame["split"] == "val", "label"] = 0
+    one_class = manifest.write(frame.drop(columns="abspath"), tiny_manifest.parent / "one_class.parquet")
+    code = main(["train", "--no-progress", *[f"{a}" for a in _overrides(tmp_path, one_class)]])
+    out = capsys.readouterr().out
+    assert code == 2 and "split 'val' has only one class" in out and out.count("\n") == 1
+
+
+def _overrides(tmp_path, manifest_path):
+    return [f"data.manifest={manifest_path}", f"data.size={SIZE}", "data.workers=0", f"train.out={tmp_path}/run"]
+
+
+def test_training_improves_loss_and_exports_best(tmp_path, tiny_manifest):
+    config = _config(tmp_path, tiny_manifest, "train.steps=24", "train.val_every=12", "train.checkpoint_every=12")
+    result = train(config, progress=False)
+    losses = [loss for _, loss in _losses(result.out)]
+    assert len(losses) == 24 and result.finished
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    model = checkpoints.load(result.out / "best.safetensors")
+    assert model.checkpoint_extra["input_size"] == SIZE
+    assert result.best["metric"] == "auc" and result.best["step"] in (12, 24)
+    for name in ("final.safetensors", "last.pt", "train.log", "config.yaml", "summary.json"):
+        assert (result.out / name).is_file(), name
+    assert any((result.out / "tensorboard").iterdir())
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_manifest):
+    settings = ("train.steps=7", "train.checkpoint_every=3", "train.val_every=100", "data.val_split=null")
+    straight = train(_config(tmp_path / "a", tiny_manifest, *settings), progress=False)
+    first = train(_config(tmp_path / "b", tiny_manifest, *settings), progress=False, stop_after=4)
+    assert not first.finished and first.step == 4
+    resumed = train(_config(tmp_path / "b", tiny_manifest, *settings), resume=True, progress=False)
+    assert resumed.finished
+    expected, got = _losses(straight.out), _losses(resumed.out)
+    assert [s for s, _ in got] == list(range(1, 8))
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(_config(tmp_path / "b", tiny_manifest, *settings), progress=False)
+
+
+def test_sampler_balances_and_resumes_mid_epoch():
+    labels = np.array([0] * 6 + [1] * 18)
+    sampler = EpochSampler(labels, batch_size=4, balance=True, seed=1)
+    rows = [r for r, _ in sampler]
+    assert len(rows) == 12 and sum(labels[rows]) == 6  # all 6 reals and 6 of 18 fakes
+    sampler.set_position(0, start_batch=2)
+    assert [r for r, _ in sampler] == rows[8:]
+    shards = [list(EpochSampler(labels, 2, seed=1, rank=r, world_size=2)) for r in range(2)]
+    assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1])
+
+
+def test_torchrun_two_processes_with_gloo(tmp_path, tiny_manifest):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "recce",
+        "train",
+        "--no-progress",
+        f"data.manifest={tiny_manifest}",
+        f"data.size={SIZE}",
+        "data.workers=0",
+        "model.pretrained=null",
+        "train.batch_size=4",
+        "train.steps=3",
+        "train.val_every=3",
+        "train.log_every=1",
+        "train.checkpoint_every=3",
+        "train.device=cpu",
+        f"train.out={out}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert (out / "last.pt").is_file() and (out / "best.safetensors").is_file()
+    assert len(list(out.glob("*.pt"))) == 1
+    assert [s for s, _ in _losses(out)] == [1, 2, 3]
