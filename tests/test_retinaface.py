@@ -206,11 +206,11 @@ def test_bad_checkpoint_files_give_one_line_naming_the_file(tmp_path: Path, mobi
     weights["module.extra.weight"] = torch.zeros(1)
     torch.save(weights, partial)
     cases = {
-        truncated: "not a readable PyTorch checkpoint",
-        text: "not a readable PyTorch checkpoint",
+        truncated: "truncated or corrupt",
+        text: "not a PyTorch checkpoint",
         foreign: "not a RetinaFace state dict",
-        partial: "1 missing .*ssh1.conv3X3.0.weight.*1 unexpected .*extra.weight",
-        tmp_path / "absent.pth": "not found",
+        partial: "1 missing keys .*ssh1.conv3X3.0.weight.*1 unexpected keys .*extra.weight",
+        tmp_path / "absent.pth": "file not found",
     }
     for path, problem in cases.items():
         with pytest.raises(CheckpointError, match=problem) as caught:

@@ -10,79 +10,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import safetensors
-import safetensors.torch
 import torch
 from torch import nn
 
 from recce.models import Recce, RecceConfig, Xception, XceptionConfig
+from recce.weights import CheckpointError, is_safetensors, mismatch, read_state_dict, strip_prefix, tensor_dict
+
+__all__ = ["CheckpointError", "build", "from_official", "load", "read_metadata", "read_state_dict", "save"]
 
 FORMAT = "recce-forgery/1"
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
     "recce": (Recce, RecceConfig),
     "xception": (Xception, XceptionConfig),
 }
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable checkpoint; the message names the file and the problem."""
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file or a `torch.save`d state dict (bare, or under "model" / "state_dict")."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file")
-    if _is_safetensors(path):
-        try:
-            return safetensors.torch.load_file(str(path))
-        except Exception as error:
-            raise CheckpointError(f"{path}: damaged safetensors file ({error})") from None
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head == b"PK" and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: truncated or corrupt PyTorch checkpoint (its zip directory is missing)")
-    if head not in (b"PK", b"\x80\x02"):  # torch.save zip archive, or the legacy pickle format
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint nor a safetensors file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).split("Unsupported global:")[-1].strip().splitlines()[0][:160]
-        raise CheckpointError(
-            f"{path}: refused to load, it holds pickled objects other than plain tensors ({reason})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else error.__class__.__name__
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated/corrupt ({reason})") from None
-    return _tensor_dict(obj, path)
-
-
-def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{"
-
-
-def _tensor_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: no state dict inside (found {type(obj).__name__})")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{path}: the state dict holds no tensors")
-    return tensors
 
 
 def build(architecture: str, config: Mapping[str, Any]) -> nn.Module:
@@ -121,7 +66,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
-    if not _is_safetensors(path):
+    if not is_safetensors(path):
         raise CheckpointError(
             f"{path}: not a recce .safetensors checkpoint (convert official weights with `recce convert`)"
         )
@@ -152,15 +97,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
 
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                parts.append(f"{len(keys)} {label} keys (e.g. {', '.join(keys[:3])})")
-        raise CheckpointError(f"{source}: weights do not fit a {model.architecture} model: {'; '.join(parts)}")
+    problem = mismatch(expected, state)
+    if problem:
+        raise CheckpointError(f"{source}: weights do not fit a {model.architecture} model: {problem}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
@@ -178,11 +117,11 @@ def from_official(
     """
     if isinstance(state_dict_or_path, Mapping):
         source = "state dict"
-        state = _tensor_dict(state_dict_or_path, Path(source))
+        state = tensor_dict(state_dict_or_path, source)
     else:
         source = str(state_dict_or_path)
         state = read_state_dict(state_dict_or_path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = strip_prefix(state)
     if any(k.startswith("model.") for k in state):
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     state = {k: v for k, v in state.items() if not k.startswith("encoder.fc.")}

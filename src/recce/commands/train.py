@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, CheckpointError) as error:
         print(f"recce train: {error}")
         return 2
-    state = "finished" if result.finished else "stopped (continue with --resume)"
-    best = f"; best validation {result.best['metric']} {result.best['value']:.4f} at step {result.best['step']}"
-    print(f"{state} at step {result.step}; outputs in {result.out}{best if result.best else ''}")
+    if result.main_process:
+        state = "finished" if result.finished else "stopped (continue with --resume)"
+        best = result.best
+        summary = f"; best validation {best['metric']} {best['value']:.4f} at step {best['step']}" if best else ""
+        print(f"{state} at step {result.step}; outputs in {result.out}{summary}")
     return 0

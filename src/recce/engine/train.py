@@ -45,7 +45,8 @@ class TrainResult:
     out: Path
     step: int
     finished: bool
-    best: dict[str, Any] | None
+    best: dict[str, Any] | None  # known on the main process only
+    main_process: bool = True
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -117,7 +118,7 @@ class Trainer:
         model = build_model(config).to(self.device)
         if self.device.type == "cuda" and t.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if self.context.enabled and t.sync_bn:
+        if self.context.enabled and t.sync_bn and self.device.type == "cuda":  # SyncBatchNorm is GPU-only
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.loss = RecceLoss(**vars(config.loss))
@@ -358,7 +359,7 @@ class Trainer:
         if self.context.is_main:
             self.writer.close()
             log.removeHandler(self._log_handler)
-        return TrainResult(self.out, self.step, finished, self.best)
+        return TrainResult(self.out, self.step, finished, self.best, self.context.is_main)
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recce.models.outputs import RecceOutput
+from recce.weights import CheckpointError, mismatch, read_state_dict, strip_prefix
 
 ENCODER_STAGES = (
     ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "block1", "block2", "block3", "block4"),
@@ -34,26 +35,17 @@ def build_encoder(pretrained: str | os.PathLike | None = None) -> nn.Module:
 
 def load_imagenet_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
     """Load `xception-43020ad28.pth` (timm / Cadene ImageNet Xception) into the encoder, dropping the 1000-way head."""
-    from recce.checkpoints import CheckpointError, read_state_dict
-
-    state = read_state_dict(path)
+    state = strip_prefix(read_state_dict(path))
     cleaned = {}
     for key, value in state.items():
-        key = key.removeprefix("module.")
         if key.startswith(("fc.", "last_linear.")):
             continue
         if key.endswith("pointwise.weight") and value.dim() == 2:  # some ports store 1x1 convs as matrices
             value = value[:, :, None, None]
         cleaned[key] = value
-    expected = encoder.state_dict()
-    missing = [k for k in expected if k not in cleaned]
-    unexpected = [k for k in cleaned if k not in expected]
-    mismatched = [k for k in expected if k in cleaned and cleaned[k].shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{path}: not ImageNet Xception weights ({len(missing)} missing, {len(unexpected)} unexpected and "
-            f"{len(mismatched)} wrongly shaped keys, e.g. {(missing + unexpected + mismatched)[:3]})"
-        )
+    problem = mismatch(encoder.state_dict(), cleaned)
+    if problem:
+        raise CheckpointError(f"{path}: not ImageNet Xception weights: {problem}")
     encoder.load_state_dict(cleaned)
 
 

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torchvision.models._utils import IntermediateLayerGetter
 
 from recce.data.faces.base import Face, check_frame, resolve_device
+from recce.weights import CheckpointError, mismatch, read_state_dict, strip_prefix
 
 VARIANTS = ("mobilenet0.25", "resnet50")
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -40,10 +41,6 @@ _SETTINGS = {
     "resnet50": ((512, 1024, 2048), 256, 0.0),
 }
 _VARIANT_MARKERS = {"body.stage1.0.0.weight": "mobilenet0.25", "body.layer4.0.conv1.weight": "resnet50"}
-
-
-class CheckpointError(ValueError):
-    """A RetinaFace weights file that cannot be used; the message names the file and the problem."""
 
 
 def _conv_bn(
@@ -210,49 +207,6 @@ def infer_variant(keys: Sequence[str] | Mapping[str, object]) -> str | None:
     return next((variant for marker, variant in _VARIANT_MARKERS.items() if marker in keys), None)
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: RetinaFace weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded = load_file(path)
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure to parse means a damaged or foreign file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason[:200]})") from None
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors")
-    return dict(loaded)
-
-
-def _strip_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {key.removeprefix("module."): value for key, value in state_dict.items()}
-
-
-def _mismatch_summary(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str:
-    def listing(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    reshaped = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in given and given[k].shape != v.shape
-    ]
-    parts = [
-        f"{len(keys)} {what} ({listing(keys)})"
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("of other shape", reshaped))
-        if keys
-    ]
-    return "; ".join(parts)
-
-
 def load_retinaface(
     path_or_state_dict: str | os.PathLike | Mapping[str, Tensor], device: str | torch.device | None = None
 ) -> RetinaFace:
@@ -265,8 +219,8 @@ def load_retinaface(
         source, state_dict = "state dict", dict(path_or_state_dict)
     else:
         source = str(Path(path_or_state_dict))
-        state_dict = _read_state_dict(Path(path_or_state_dict))
-    state_dict = _strip_prefix(state_dict)
+        state_dict = read_state_dict(path_or_state_dict)
+    state_dict = strip_prefix(state_dict)
     variant = infer_variant(state_dict)
     if variant is None:
         raise CheckpointError(
@@ -274,7 +228,7 @@ def load_retinaface(
             f"(no body.stage1.* or body.layer4.* keys among its {len(state_dict)})"
         )
     model = RetinaFace(variant)
-    summary = _mismatch_summary(model.state_dict(), state_dict)
+    summary = mismatch(model.state_dict(), state_dict)
     if summary:
         raise CheckpointError(f"{source}: RetinaFace-{variant} weights do not fit: {summary}")
     model.load_state_dict(state_dict)

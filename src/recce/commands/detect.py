@@ -1,0 +1,93 @@
+"""`recce detect`: is this image or video a face forgery? Scores per face, per frame and per file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import asdict
+
+from recce import checkpoints
+from recce.data.faces import build_detector
+from recce.detect import AGGREGATIONS, Detector, DetectSettings, FileResult
+
+HELP = "score your own images, videos or folders of them with a RECCE checkpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image or video files, or folders of them")
+    parser.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint (recce train / convert / demo)")
+    parser.add_argument("--frames", type=int, default=32, help="frames sampled evenly from each video (default 32)")
+    parser.add_argument("--aggregate", choices=sorted(AGGREGATIONS), default="mean", help="file score from frames")
+    parser.add_argument("--threshold", type=float, default=0.5, help="P(fake) at or above which a file is FAKE")
+    parser.add_argument("--detector", default="auto", help="face detector: auto, haar or retinaface (default auto)")
+    parser.add_argument("--weights", help="RetinaFace weights (mobilenet0.25_Final.pth or Resnet50_Final.pth)")
+    parser.add_argument("--min-face-score", type=float, default=0.6, help="face detector confidence threshold")
+    parser.add_argument("--largest-face-only", action="store_true", help="score only the most confident face")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print every face, frame and file as JSON")
+    output.add_argument("--csv", action="store_true", help="print one CSV row per file")
+    parser.add_argument("--save-masks", metavar="DIR", help="write a difference-mask panel per face into DIR")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model = checkpoints.load(args.checkpoint)
+        faces = build_detector(args.detector, args.weights, args.device, score_threshold=args.min_face_score)
+        settings = DetectSettings(
+            frames=args.frames,
+            aggregate=args.aggregate,
+            all_faces=not args.largest_face_only,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        detector = Detector(model, faces, settings)
+    except (checkpoints.CheckpointError, ValueError) as error:
+        print(f"recce detect: {error}")
+        return 2
+    results = detector.score_files(args.paths, args.save_masks, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps([_as_dict(r, args.threshold) for r in results], indent=2))
+    elif args.csv:
+        _write_csv(results, args.threshold)
+    else:
+        _print_table(results, args.threshold, faces.name)
+    return 0
+
+
+def _as_dict(result: FileResult, threshold: float) -> dict:
+    data = asdict(result)
+    data["verdict"] = result.verdict(threshold)
+    data["frame_scores"] = {str(k): v for k, v in sorted(result.frame_scores().items())}
+    return data
+
+
+def _write_csv(results: list[FileResult], threshold: float) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error"])
+    for r in results:
+        writer.writerow(
+            [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(threshold), r.error or ""]
+        )
+
+
+def _print_table(results: list[FileResult], threshold: float, detector_name: str) -> None:
+    rows = [("file", "kind", "frames", "with face", "P(fake)", "verdict")]
+    for r in results:
+        score = "" if r.score is None else f"{r.score:.3f}"
+        rows.append((r.path, r.kind, str(r.frames), str(r.frames_with_face), score, r.verdict(threshold)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    failed = [r for r in results if r.error]
+    no_face = sum(r.error is None and r.score is None for r in results)
+    print(
+        f"{len(results)} file(s): {len(results) - len(failed) - no_face} scored, {no_face} without a face, "
+        f"{len(failed)} failed (face detector: {detector_name}, threshold {threshold})"
+    )
+    for r in failed:
+        print(f"  failed: {r.error}")

@@ -1,0 +1,187 @@
+"""Score people's own images and videos: sample frames, find faces, crop them as in training, run RECCE.
+
+Per face: P(fake) of the 1.3x conservative crop. Per frame: the highest face score (the most suspicious face).
+Per file: the aggregate (mean by default) of its frame scores over the sampled frames that have a face.
+A file that cannot be read is reported with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from recce.data.faces import FaceDetector, choose_face, crop_face
+from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from recce.data.video import MediaError, probe, read_frames, read_image, sample_indices
+from recce.engine.inference import input_size, score_images
+
+AGGREGATIONS = {"mean": np.mean, "median": np.median, "max": np.max}
+
+
+@dataclass
+class FaceResult:
+    frame: int
+    box: tuple[float, float, float, float]
+    detector_score: float
+    score: float  # P(fake)
+
+
+@dataclass
+class FileResult:
+    path: str
+    kind: str  # image | video | unknown
+    frames: int = 0  # frames sampled
+    frames_with_face: int = 0
+    score: float | None = None  # aggregated P(fake); None when no face was found
+    faces: list[FaceResult] = field(default_factory=list)
+    error: str | None = None
+
+    def verdict(self, threshold: float) -> str:
+        if self.error:
+            return "error"
+        if self.score is None:
+            return "no face"
+        return "FAKE" if self.score >= threshold else "real"
+
+    def frame_scores(self) -> dict[int, float]:
+        """The highest face score of each frame."""
+        best: dict[int, float] = {}
+        for face in self.faces:
+            best[face.frame] = max(best.get(face.frame, 0.0), face.score)
+        return best
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    frames: int = 32  # frames sampled evenly from each video
+    aggregate: str = "mean"
+    all_faces: bool = True  # score every face of a frame (False: only the most confident one)
+    scale: float = 1.3
+    batch_size: int = 32
+    device: str = "auto"
+    amp: str = "auto"
+
+
+def media_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """The given files, and the image/video files inside given folders (recursively, sorted)."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+                    yield child
+        else:
+            yield path
+
+
+def _frames(path: Path, count: int) -> tuple[str, Iterator[tuple[int, np.ndarray]]]:
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise MediaError(f"{path}: file not found")
+    if suffix in IMAGE_EXTENSIONS:
+        return "image", iter([(0, read_image(path))])
+    if suffix in VIDEO_EXTENSIONS:
+        indices = sample_indices(probe(path).frames, "uniform", count=count)
+        return "video", read_frames(path, indices)
+    raise MediaError(f"{path}: not an image or video (extension {suffix or 'none'})")
+
+
+class Detector:
+    """A face detector and a RECCE checkpoint, ready to score files."""
+
+    def __init__(self, model: nn.Module, faces: FaceDetector, settings: DetectSettings = DetectSettings()):
+        if settings.aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {settings.aggregate!r}")
+        self.model = model
+        self.faces = faces
+        self.settings = settings
+        self.size = input_size(model)
+
+    def score_file(self, path: str | os.PathLike, keep_crops: bool = False) -> tuple[FileResult, list]:
+        """Score one file; with `keep_crops`, also return (crop, maps) per face for mask panels."""
+        path = Path(path)
+        result = FileResult(str(path), "unknown")
+        try:
+            result.kind, frames = _frames(path, self.settings.frames)
+            found: list[tuple[int, object]] = []
+            crops: list[np.ndarray] = []
+            for batch in _batched(frames, self.settings.batch_size):
+                detections = self.faces.detect([frame for _, frame in batch])
+                for (index, frame), faces in zip(batch, detections, strict=True):
+                    result.frames += 1
+                    if not self.settings.all_faces:
+                        best = choose_face(faces)
+                        faces = [best] if best is not None else []
+                    result.frames_with_face += bool(faces)
+                    for face in faces:
+                        found.append((index, face))
+                        crops.append(crop_face(frame, face.box, self.settings.scale, self.size))
+        except MediaError as error:
+            result.error = str(error)
+            return result, []
+        if result.frames == 0:
+            result.error = f"{path}: no frame could be decoded"
+            return result, []
+        if not crops:
+            return result, []
+        scores, maps = score_images(
+            self.model,
+            crops,
+            batch_size=self.settings.batch_size,
+            device=self.settings.device,
+            amp=self.settings.amp,
+            maps=keep_crops,
+        )
+        result.faces = [
+            FaceResult(index, tuple(float(v) for v in face.box), float(face.score), float(score))
+            for (index, face), score in zip(found, scores, strict=True)
+        ]
+        per_frame = list(result.frame_scores().values())
+        result.score = float(AGGREGATIONS[self.settings.aggregate](per_frame))
+        return result, list(zip(crops, maps, strict=True)) if keep_crops else []
+
+    def score_files(
+        self, paths: Iterable[str | os.PathLike], masks_dir: str | os.PathLike | None = None, progress: bool = True
+    ) -> list[FileResult]:
+        files = list(media_files(paths))
+        results = []
+        for path in tqdm(files, desc="detect", unit="file", disable=not progress):
+            result, crops = self.score_file(path, keep_crops=masks_dir is not None)
+            if masks_dir is not None and crops:
+                _save_masks(Path(masks_dir), len(results), result, crops)
+            results.append(result)
+        return results
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _save_masks(folder: Path, number: int, result: FileResult, crops: list) -> None:
+    from recce.visualize import mask_panel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{number:04d}_{Path(result.path).stem}"
+    for k, (face, (crop, maps)) in enumerate(zip(result.faces, crops, strict=True)):
+        if maps.reconstruction is None:
+            return  # the Xception baseline has no reconstruction to show
+        crop = cv2.resize(crop, maps.reconstruction.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        title = f"{Path(result.path).name} frame {face.frame} face {k}"
+        panel = mask_panel(crop, maps.reconstruction, maps.attention, face.score, title)
+        target = folder / f"{stem}_f{face.frame:06d}_{k}.png"
+        tmp = target.with_name(f".{target.name}.tmp.png")
+        cv2.imwrite(str(tmp), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+        os.replace(tmp, target)
