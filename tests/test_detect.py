@@ -1,0 +1,113 @@
+"""`recce detect` on a real-face video and image, and on bad inputs that must be reported, not fatal."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from media import background, face_photo, write_face_video, write_text_as_video, write_truncated_copy
+
+from recce import checkpoints
+from recce.cli import main
+from recce.data.faces import build_detector
+from recce.detect import Detector, DetectSettings
+from recce.models import Recce
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "recce.safetensors"
+    return checkpoints.save(Recce().eval(), path, extra={"input_size": SIZE})
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    boxes = write_face_video(root / "face.mp4", n_frames=10)
+    write_truncated_copy(root / "face.mp4", root / "truncated.mp4", keep=0.3)
+    write_text_as_video(root / "notes.mp4")
+    cv2.imwrite(str(root / "astronaut.png"), cv2.cvtColor(face_photo("astronaut"), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(root / "wall.png"), cv2.cvtColor(background(240, 320, seed=3), cv2.COLOR_RGB2BGR))
+    (root / "readme.txt").write_text("not media")
+    return root, boxes
+
+
+def test_video_scores_per_face_frame_and_file(checkpoint, media):
+    root, boxes = media
+    detector = Detector(checkpoints.load(checkpoint), build_detector("haar"), DetectSettings(frames=5, batch_size=4))
+    result, crops = detector.score_file(root / "face.mp4", keep_crops=True)
+    assert result.error is None and result.kind == "video"
+    assert result.frames == 5 and result.frames_with_face == 5
+    frames_seen = sorted({face.frame for face in result.faces})
+    assert frames_seen == [0, 2, 4, 7, 9]  # linspace(0, 9, 5) rounded
+    for face in result.faces:  # the detected box overlaps the true face
+        x1, y1, x2, y2 = boxes[face.frame]
+        fx1, fy1, fx2, fy2 = face.box
+        overlap = max(0, min(x2, fx2) - max(x1, fx1)) * max(0, min(y2, fy2) - max(y1, fy1))
+        assert overlap > 0.3 * (x2 - x1) * (y2 - y1)
+    per_frame = result.frame_scores()
+    assert result.score == pytest.approx(np.mean(list(per_frame.values())))
+    assert all(0 <= face.score <= 1 for face in result.faces)
+    assert len(crops) == len(result.faces) and crops[0][0].shape == (SIZE, SIZE, 3)
+
+
+def test_cli_reports_bad_inputs_and_exits_zero(checkpoint, media, tmp_path, capsys):
+    root, _ = media
+    missing = root / "missing.mp4"
+    args = [
+        "detect",
+        str(root),
+        str(missing),
+        "--checkpoint",
+        str(checkpoint),
+        "--detector",
+        "haar",
+        "--frames",
+        "4",
+        "--json",
+        "--no-progress",
+        "--save-masks",
+        str(tmp_path / "masks"),
+    ]
+    assert main(args) == 0
+    results = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(results) == {"face.mp4", "truncated.mp4", "notes.mp4", "astronaut.png", "wall.png", "missing.mp4"}
+    assert results["face.mp4"]["verdict"] in ("FAKE", "real") and results["face.mp4"]["frames_with_face"] == 4
+    assert results["astronaut.png"]["kind"] == "image" and results["astronaut.png"]["score"] is not None
+    assert results["wall.png"]["verdict"] == "no face" and results["wall.png"]["error"] is None
+    for name in ("notes.mp4", "missing.mp4", "truncated.mp4"):
+        assert results[name]["verdict"] == "error" and name in results[name]["error"]
+    assert "not found" in results["missing.mp4"]["error"]
+    assert "not a readable video" in results["truncated.mp4"]["error"]
+    panels = sorted((tmp_path / "masks").glob("*.png"))
+    assert panels and cv2.imread(str(panels[0])) is not None
+
+
+def test_table_output_and_bad_checkpoint(checkpoint, media, capsys):
+    root, _ = media
+    assert (
+        main(
+            [
+                "detect",
+                str(root / "face.mp4"),
+                str(root / "readme.txt"),
+                "--checkpoint",
+                str(checkpoint),
+                "--detector",
+                "haar",
+                "--frames",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "face.mp4" in out and "2 file(s): 1 scored, 0 without a face, 1 failed" in out
+    assert "readme.txt: not an image or video" in out
+    assert main(["detect", str(root / "face.mp4"), "--checkpoint", str(root / "notes.mp4")]) == 2
+    assert capsys.readouterr().out.count("\n") == 1
