@@ -293,7 +293,8 @@ class Trainer:
         self.writer.add_image("val/input_reconstruction_difference", grid, self.step)
 
     # ------------------------------------------------------------------ loop
-    def _loader(self) -> DataLoader:
+    def train_loader(self) -> DataLoader:
+        """The DataLoader of the current epoch, from the sampler's position on."""
         workers = self.config.data.workers
         return DataLoader(
             self.train_set,
@@ -324,16 +325,17 @@ class Trainer:
         try:
             while self.step < last_step:
                 self.sampler.set_position(self.epoch, self.batch_in_epoch)
-                for images, labels in self._loader():
-                    losses = self._train_step(images, labels)
+                for images, labels in self.train_loader():
+                    losses = self.train_step(images, labels)
                     sums += torch.stack([losses[n].detach() for n in LOSS_NAMES])
                     count += 1
                     self.step += 1
                     self.batch_in_epoch += 1
                     bar.update(1)
                     if self.step % t.log_every == 0 or self.step == last_step:
+                        averages = sums.tolist()  # waits for the queued GPU work, so the rate below is true
                         rate = count * t.batch_size * self.context.world_size / (time.perf_counter() - tick)
-                        self._log_losses(sums, count, rate, bar)
+                        self._log_losses(sums, averages, count, rate, bar)
                         sums.zero_()
                         count, tick = 0, time.perf_counter()
                     if self.val_set is not None and (self.step % t.val_every == 0 or self.step == t.steps):
@@ -356,12 +358,17 @@ class Trainer:
                 json.dumps(json_safe({"steps": self.step, "best": self.best}), indent=2)
             )
             log.info("finished %d steps; best: %s", self.step, self.best and self.best["value"])
+        self.close()
+        return TrainResult(self.out, self.step, finished, self.best, self.context.is_main)
+
+    def close(self) -> None:
+        """Release the TensorBoard writer and the train.log handler."""
         if self.context.is_main:
             self.writer.close()
             log.removeHandler(self._log_handler)
-        return TrainResult(self.out, self.step, finished, self.best, self.context.is_main)
+            self._log_handler.close()
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.device.type == "cuda" and self.config.train.channels_last:
@@ -376,11 +383,11 @@ class Trainer:
         self.scheduler.step()
         return losses
 
-    def _log_losses(self, sums: torch.Tensor, count: int, rate: float, bar: tqdm) -> None:
+    def _log_losses(self, sums: torch.Tensor, totals: list[float], count: int, rate: float, bar: tqdm) -> None:
         if self.context.enabled:
             dist.all_reduce(sums)
-            sums = sums / self.context.world_size
-        values = dict(zip((f"loss/{n}" for n in LOSS_NAMES), (sums / count).tolist(), strict=True))
+            totals = (sums / self.context.world_size).tolist()
+        values = {f"loss/{n}": total / count for n, total in zip(LOSS_NAMES, totals, strict=True)}
         if not self.context.is_main:
             return
         values["lr"] = self.scheduler.get_last_lr()[0]
