@@ -110,13 +110,14 @@ class GraphReasoning(nn.Module):
             out = F.scaled_dot_product_attention(nodes[:, None], values[:, None], values[:, None])[:, 0]
         else:
             # children[b, j, m] = embedding of decoder pixel m (row-major in the ratio x ratio patch) of node j,
-            # the same order as nn.Unfold(kernel=ratio, stride=ratio) in the official code.
-            embedded = embed(_channels_last(features))
-            children = (
-                embedded.reshape(batch, h, ratio, w, ratio, channels)
-                .permute(0, 1, 3, 2, 4, 5)
-                .reshape(batch, h * w, ratio * ratio, channels)
+            # the same order as nn.Unfold(kernel=ratio, stride=ratio) in the official code. The patches are gathered
+            # before the embedding: one copy of the narrower decoder map rather than one of the embedded map.
+            patches = (
+                features.reshape(batch, -1, h, ratio, w, ratio)
+                .permute(0, 2, 4, 3, 5, 1)
+                .reshape(batch, h * w, ratio * ratio, -1)
             )
+            children = embed(patches)
             out = (self._looped if self.looped else self._vectorised)(nodes, children, reweight[0].weight)
         return out.transpose(1, 2).reshape(batch, channels, h, w)
 
@@ -126,7 +127,8 @@ class GraphReasoning(nn.Module):
         u_node, u_child = weight.split(nodes.shape[-1], dim=1)
         scores = (nodes @ u_node.t()).unsqueeze(2) + children @ u_child.t()  # (B, N, k, 1)
         edge = torch.softmax(F.relu(scores), dim=2)
-        return (edge * children).sum(dim=2)
+        # Weighted sum as (1, k) @ (k, C) per node: the (B, N, k, C) weighted children are never materialised.
+        return (edge.transpose(2, 3) @ children).squeeze(2)
 
     @staticmethod
     def _looped(nodes: torch.Tensor, children: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
