@@ -17,11 +17,13 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
 from recce.data.dataset import row_seed
+from recce.data.video import read_image
 from recce.engine.evaluate import SeededPerturbation, atomic_path
 from recce.engine.inference import score_images
 
@@ -100,6 +102,19 @@ def mask_panel(
 ) -> np.ndarray:
     """One face's panel as an RGB uint8 image (for `recce detect --save-masks` too)."""
     return mask_grid([MaskRow(image_rgb, reconstruction, attention, score, title)])
+
+
+def manifest_items(frame: pd.DataFrame, limit: int) -> list[FaceItem]:
+    """Up to `limit` crops of a manifest selection, one per video, alternating real and fake so both are shown."""
+    videos = frame.drop_duplicates(["dataset", "method", "video"])
+    by_label = [rows.reset_index(drop=True) for _, rows in videos.groupby("label", sort=True)]
+    chosen = pd.concat(by_label).sort_index(kind="stable").head(limit)
+    items = []
+    for row in chosen.itertuples():
+        kind = "fake" if row.label == 1 else "real"
+        title = f"{row.dataset}/{row.video} frame {row.frame} ({kind}, {row.method})"
+        items.append(FaceItem(row.path, read_image(row.abspath), title))
+    return items
 
 
 def _file_name(index: int, key: str) -> str:

@@ -6,15 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from recce.commands.evaluate import one_line
 from recce.data import manifest
 from recce.data.perturb import SEED_TABLE5
 from recce.data.video import list_frame_files, read_image
 from recce.engine.evaluate import load_detector
 from recce.engine.runtime import AMP_MODES
-from recce.visualize import FaceItem, write_panels
+from recce.visualize import FaceItem, manifest_items, write_panels
 
 HELP = "draw RECCE's difference masks (reconstruction error and attention) for face crops, optionally perturbed"
 
@@ -48,26 +46,13 @@ def _file_items(paths: list[str]) -> list[FaceItem]:
     return [FaceItem(str(path), read_image(path), str(path)) for path in files]
 
 
-def _spread(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
-    """Up to `limit` rows, one per video, alternating real and fake so both classes are shown."""
-    videos = frame.drop_duplicates(["dataset", "method", "video"])
-    by_label = [rows.reset_index(drop=True) for _, rows in videos.groupby("label", sort=True)]
-    interleaved = pd.concat(by_label).sort_index(kind="stable")
-    return interleaved.head(limit)
-
-
 def _manifest_items(args: argparse.Namespace) -> list[FaceItem]:
     frame = manifest.select(
         manifest.read(args.manifest), splits=[args.split], datasets=args.datasets, methods=args.methods
     )
     if frame.empty:
         raise ValueError(f"{args.manifest}: no rows in split {args.split!r} match the filters")
-    items = []
-    for row in _spread(frame, args.limit).itertuples():
-        kind = "fake" if row.label == 1 else "real"
-        title = f"{row.dataset}/{row.video} frame {row.frame} ({kind}, {row.method})"
-        items.append(FaceItem(row.path, read_image(row.abspath), title))
-    return items
+    return manifest_items(frame, args.limit)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -73,7 +73,7 @@ class TrainSection:
     checkpoint_every: int = 1000
     select_metric: str = "auc"  # auc | acc | ap | log_loss | eer (frame level, on the validation split)
     amp: str = "auto"  # auto | bf16 | fp16 | none
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True  # faster on GPUs and on the CPU
     compile: bool = False
     sync_bn: bool = True  # SyncBatchNorm when several processes train
     seed: int = 2022

@@ -116,13 +116,13 @@ class Trainer:
         self.amp = resolve_amp(t.amp, self.device)
         torch.manual_seed(t.seed + self.context.rank)
         model = build_model(config).to(self.device)
-        if self.device.type == "cuda" and t.channels_last:
+        if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.context.enabled and t.sync_bn and self.device.type == "cuda":  # SyncBatchNorm is GPU-only
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.loss = RecceLoss(**vars(config.loss))
-        fused = self.device.type == "cuda"
+        fused = self.device.type in ("cuda", "cpu")
         o = config.optim
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, fused=fused
@@ -371,7 +371,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and self.config.train.channels_last:
+        if self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             output = self.step_model(images)
