@@ -42,6 +42,16 @@ def balanced_sampler_weights(frame: pd.DataFrame) -> np.ndarray:
     return np.where(labels == 0, 0.5 / counts[0], 0.5 / counts[1])
 
 
+def to_tensor(image: np.ndarray, size: int, flip: bool = False) -> torch.Tensor:
+    """RGB uint8 → resized to size x size (bilinear, aspect not kept), optionally mirrored, in [-1, 1], CHW float32."""
+    if image.shape[:2] != (size, size):
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    if flip:
+        image = image[:, ::-1]
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return (tensor.to(torch.float32) - 127.5) / 127.5
+
+
 class ManifestDataset(Dataset):
     """Face crops of a manifest as (image, label[, meta]).
 
@@ -103,15 +113,12 @@ class ManifestDataset(Dataset):
         return image
 
     def transform(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
-        """Resize, flip (training only; decided by `seed` when given), normalise to [-1, 1], CHW float32."""
-        if image.shape[:2] != (self.size, self.size):
-            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        """The paper's transform; the training flip is decided by `seed` when given."""
+        flip = False
         if self.train:
             draw = torch.rand(()).item() if seed is None else np.random.default_rng(seed).random()
-            if draw < self.flip_p:
-                image = image[:, ::-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return (tensor.to(torch.float32) - 127.5) / 127.5
+            flip = draw < self.flip_p
+        return to_tensor(image, self.size, flip)
 
     def __getitem__(self, key: int | tuple[int, int]):
         """`key` is a row, or (row, augmentation seed) as the training sampler yields to make flips reproducible."""

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from recce.data.dataset import ManifestDataset
+from recce.data.dataset import ManifestDataset, to_tensor
 from recce.engine.runtime import autocast, resolve_amp, resolve_device
 from recce.models import fake_probability
 
@@ -39,10 +39,7 @@ def input_size(model: nn.Module, override: int | None = None) -> int:
 
 
 class _CropArrays(Dataset):
-    """In-memory RGB crops through ManifestDataset's eval transform (the same function, not a copy)."""
-
-    train = False
-    transform = ManifestDataset.transform
+    """In-memory RGB crops through the dataset's eval transform (`to_tensor`, the same function)."""
 
     def __init__(self, images: Sequence[np.ndarray], size: int) -> None:
         self.images = images
@@ -52,7 +49,7 @@ class _CropArrays(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(_checked_crop(self.images[index], index))
+        return to_tensor(_checked_crop(self.images[index], index), self.size)
 
 
 def _checked_crop(image: np.ndarray, index: int) -> np.ndarray:

@@ -72,10 +72,6 @@ def _by_area(face: Face) -> tuple[float, float]:
     return face.area, face.score
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def build_detector(
     name: str = "auto",
     weights: str | os.PathLike | None = None,
@@ -105,6 +101,7 @@ def build_detector(
             f"Resnet50_Final.pth): pass weights or set {WEIGHTS_ENV}"
         )
     from recce.data.faces.retinaface import RetinaFaceDetector, load_retinaface
+    from recce.engine.runtime import resolve_device
 
     resolved = resolve_device(device)
     model = load_retinaface(weights, device=resolved)

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models._utils import IntermediateLayerGetter
 
-from recce.data.faces.base import Face, check_frame, resolve_device
+from recce.data.faces.base import Face, check_frame
+from recce.engine.runtime import resolve_device
 from recce.weights import CheckpointError, mismatch, read_state_dict, strip_prefix
 
 VARIANTS = ("mobilenet0.25", "resnet50")
