@@ -31,13 +31,7 @@ FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 FAST = ["--workers", "0", "--bootstrap", "20", "--no-progress", "--batch-size", "5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two shared CPU cores: one intra-op thread is faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _crop(photo: str, shift: int) -> np.ndarray:
