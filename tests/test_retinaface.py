@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import REFERENCE_DIR
 from skimage import data as skdata
 
 from recce.data.faces import (
@@ -24,7 +25,7 @@ from recce.data.faces import (
     prior_boxes,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = REFERENCE_DIR
 GOLDEN = REFERENCE / "retinaface_mobilenet0.25_golden.safetensors"
 needs_reference = pytest.mark.skipif(
     not REFERENCE.is_dir(), reason=f"golden reference folder {REFERENCE} is absent (it sits beside the repo)"
