@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,7 @@ def mask_grid(rows: Sequence[MaskRow]) -> np.ndarray:
         cells[3].imshow(image)
         gate = cells[3].imshow(attention, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
         figure.colorbar(gate, ax=cells[3], fraction=0.046, pad=0.02)
-        cells[0].set_title(f"{row.title}\nP(fake) = {row.score:.3f}", fontsize=10)
+        cells[0].set_title(f"{textwrap.fill(row.title, 40)}\nP(fake) = {row.score:.3f}", fontsize=10)
         for cell, name in zip(cells[1:], COLUMN_TITLES[1:], strict=True):
             cell.set_title(name, fontsize=10)
         for cell in cells:
