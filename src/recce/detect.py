@@ -80,16 +80,20 @@ def media_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
             yield path
 
 
-def _frames(path: Path, count: int) -> tuple[str, Iterator[tuple[int, np.ndarray]]]:
+def media_kind(path: Path) -> str:
+    """image, video or unknown, by extension."""
     suffix = path.suffix.lower()
+    return "image" if suffix in IMAGE_EXTENSIONS else "video" if suffix in VIDEO_EXTENSIONS else "unknown"
+
+
+def _frames(path: Path, kind: str, count: int) -> Iterator[tuple[int, np.ndarray]]:
     if not path.exists():
         raise MediaError(f"{path}: file not found")
-    if suffix in IMAGE_EXTENSIONS:
-        return "image", iter([(0, read_image(path))])
-    if suffix in VIDEO_EXTENSIONS:
-        indices = sample_indices(probe(path).frames, "uniform", count=count)
-        return "video", read_frames(path, indices)
-    raise MediaError(f"{path}: not an image or video (extension {suffix or 'none'})")
+    if kind == "image":
+        return iter([(0, read_image(path))])
+    if kind == "video":
+        return read_frames(path, sample_indices(probe(path).frames, "uniform", count=count))
+    raise MediaError(f"{path}: not an image or video (extension {path.suffix or 'none'})")
 
 
 class Detector:
@@ -106,9 +110,9 @@ class Detector:
     def score_file(self, path: str | os.PathLike, keep_crops: bool = False) -> tuple[FileResult, list]:
         """Score one file; with `keep_crops`, also return (crop, maps) per face for mask panels."""
         path = Path(path)
-        result = FileResult(str(path), "unknown")
+        result = FileResult(str(path), media_kind(path))
         try:
-            result.kind, frames = _frames(path, self.settings.frames)
+            frames = _frames(path, result.kind, self.settings.frames)
             found: list[tuple[int, object]] = []
             crops: list[np.ndarray] = []
             for batch in _batched(frames, self.settings.batch_size):
