@@ -274,12 +274,25 @@ def _metrics_markdown(report: Mapping, label: str) -> str:
     return "\n".join(parts)
 
 
+def _roc_curves(scores: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One curve per test dataset; for a single dataset with several methods, also one per method (+ all reals)."""
+    curves = [(str(dataset), rows) for dataset, rows in scores.groupby("dataset", sort=True, observed=True)]
+    if len(curves) == 1:
+        rows = curves[0][1]
+        reals, fakes = rows[rows["label"] == 0], rows[rows["label"] == 1]
+        methods = sorted(fakes["method"].unique())
+        if len(methods) > 1:
+            curves += [(f"  {m}", pd.concat([reals, fakes[fakes["method"] == m]])) for m in methods]
+    return curves
+
+
 def _roc_figure(scores: pd.DataFrame, label: str) -> Figure:
     figure = Figure(figsize=(5.5, 5))
     axes = figure.add_subplot()
-    for dataset, rows in scores.groupby("dataset", sort=True, observed=True):
+    for name, rows in _roc_curves(scores):
         fpr, tpr, _ = sk_metrics.roc_curve(rows["label"], rows["score"])
-        axes.plot(fpr, tpr, label=f"{dataset} (AUC = {sk_metrics.auc(fpr, tpr):.4f})")
+        style = "--" if name.startswith(" ") else "-"
+        axes.plot(fpr, tpr, style, label=f"{name.strip()} (AUC = {sk_metrics.auc(fpr, tpr):.4f})")
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axes.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, frame level: {label}")
     axes.set(xlim=(0, 1), ylim=(0, 1.01))
