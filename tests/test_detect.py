@@ -111,3 +111,5 @@ def test_table_output_and_bad_checkpoint(checkpoint, media, capsys):
     assert "readme.txt: not an image or video" in out
     assert main(["detect", str(root / "face.mp4"), "--checkpoint", str(root / "notes.mp4")]) == 2
     assert capsys.readouterr().out.count("\n") == 1
+    assert main(["detect", str(root / "face.mp4"), "--checkpoint", str(checkpoint), "--frames", "0"]) == 2
+    assert capsys.readouterr().out == "recce detect: frames must be at least 1, got 0\n"

@@ -17,7 +17,7 @@ from recce.cli import main
 from recce.data import manifest
 from recce.engine.config import ConfigError, load_config
 from recce.engine.sampler import EpochSampler
-from recce.engine.train import train
+from recce.engine.train import load_datasets, train
 
 SIZE = 32
 
@@ -96,6 +96,10 @@ def _losses(run: Path) -> list[tuple[int, float]]:
         ("data.methods=[checker]", None),  # valid: keeps reals and the named method
         ("train.bogus=1", "unknown key train.bogus"),
         ("data.datasets=[toy] data.val_split=train", "val_split equals"),
+        ("optim.step_size=0", "optim.step_size must be an integer of at least 1"),
+        ("train.amp=fp32", "train.amp must be one of"),
+        ("model.aggregation=bogus", "model.aggregation must be one of"),
+        ("loss.reconstruct=everything", "loss.reconstruct must be one of"),
     ],
 )
 def test_bad_configuration_fails_before_training(tmp_path, tiny_manifest, override, message):
@@ -140,6 +144,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_manifest):
     straight = train(_config(tmp_path / "a", tiny_manifest, *settings), progress=False)
     first = train(_config(tmp_path / "b", tiny_manifest, *settings), progress=False, stop_after=4)
     assert not first.finished and first.step == 4
+    with open(first.out / "metrics.jsonl", "a") as log:  # a killed run may have logged past its last checkpoint
+        log.write(json.dumps({"step": 5, "loss/total": 99.0}) + "\n")
     resumed = train(_config(tmp_path / "b", tiny_manifest, *settings), resume=True, progress=False)
     assert resumed.finished
     expected, got = _losses(straight.out), _losses(resumed.out)
@@ -147,6 +153,11 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_manifest):
     np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-6, atol=1e-7)
     with pytest.raises(ConfigError, match="already holds a run"):
         train(_config(tmp_path / "b", tiny_manifest, *settings), progress=False)
+
+
+def test_validation_limit_keeps_both_classes(tmp_path, tiny_manifest):
+    _, val_set = load_datasets(_config(tmp_path, tiny_manifest, "data.val_limit=3"))
+    assert len(val_set) <= 4 and set(val_set.labels) == {0, 1}
 
 
 def test_sampler_balances_and_resumes_mid_epoch():

@@ -42,6 +42,7 @@ class FileResult:
     score: float | None = None  # aggregated P(fake); None when no face was found
     faces: list[FaceResult] = field(default_factory=list)
     error: str | None = None
+    warning: str | None = None  # e.g. a video that stopped decoding part-way: the frames read were scored
 
     def verdict(self, threshold: float) -> str:
         if self.error:
@@ -67,6 +68,13 @@ class DetectSettings:
     batch_size: int = 32
     device: str = "auto"
     amp: str = "auto"
+
+    def __post_init__(self):
+        for name in ("frames", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {self.aggregate!r}")
 
 
 def media_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -100,8 +108,6 @@ class Detector:
     """A face detector and a RECCE checkpoint, ready to score files."""
 
     def __init__(self, model: nn.Module, faces: FaceDetector, settings: DetectSettings = DetectSettings()):
-        if settings.aggregate not in AGGREGATIONS:
-            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {settings.aggregate!r}")
         self.model = model
         self.faces = faces
         self.settings = settings
@@ -112,7 +118,7 @@ class Detector:
         path = Path(path)
         result = FileResult(str(path), media_kind(path))
         try:
-            frames = _frames(path, result.kind, self.settings.frames)
+            frames = _until_error(_frames(path, result.kind, self.settings.frames), result)
             found: list[tuple[int, object]] = []
             crops: list[np.ndarray] = []
             for batch in _batched(frames, self.settings.batch_size):
@@ -130,7 +136,7 @@ class Detector:
             result.error = str(error)
             return result, []
         if result.frames == 0:
-            result.error = f"{path}: no frame could be decoded"
+            result.error, result.warning = result.warning or f"{path}: no frame could be decoded", None
             return result, []
         if not crops:
             return result, []
@@ -161,6 +167,14 @@ class Detector:
                 _save_masks(Path(masks_dir), len(results), result, crops)
             results.append(result)
         return results
+
+
+def _until_error(frames: Iterator[tuple[int, np.ndarray]], result: FileResult) -> Iterator[tuple[int, np.ndarray]]:
+    """The frames up to a decoding error, which becomes the result's warning rather than losing the frames read."""
+    try:
+        yield from frames
+    except MediaError as error:
+        result.warning = str(error)
 
 
 def _batched(items: Iterator, size: int) -> Iterator[list]:

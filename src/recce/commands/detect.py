@@ -68,11 +68,10 @@ def _as_dict(result: FileResult, threshold: float) -> dict:
 
 def _write_csv(results: list[FileResult], threshold: float) -> None:
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error"])
+    writer.writerow(["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error", "warning"])
     for r in results:
-        writer.writerow(
-            [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(threshold), r.error or ""]
-        )
+        row = [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(threshold)]
+        writer.writerow([*row, r.error or "", r.warning or ""])
 
 
 def _print_table(results: list[FileResult], threshold: float, detector_name: str) -> None:
@@ -91,3 +90,6 @@ def _print_table(results: list[FileResult], threshold: float, detector_name: str
     )
     for r in failed:
         print(f"  failed: {r.error}")
+    for r in results:
+        if r.warning:
+            print(f"  warning: {r.warning} (scored on the {r.frames} frame(s) read)")

@@ -161,6 +161,27 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"train.{name} must be a positive integer, got {getattr(t, name)!r}")
     if not d.manifest:
         raise ConfigError("data.manifest is not set (the manifest written by `recce extract` or `recce synth`)")
+    from recce.engine.runtime import AMP_MODES
+    from recce.losses import RECONSTRUCTION_TARGETS
+    from recce.models.graph_reasoning import AGGREGATIONS
+
+    choices = {
+        "train.amp": (t.amp, AMP_MODES),
+        "model.aggregation": (config.model.aggregation, AGGREGATIONS),
+        "model.num_classes": (config.model.num_classes, (1, 2)),
+        "loss.reconstruct": (config.loss.reconstruct, RECONSTRUCTION_TARGETS),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    for name, value, least in (
+        ("optim.step_size", config.optim.step_size, 1),
+        ("optim.warmup_steps", config.optim.warmup_steps, 0),
+        ("data.size", d.size, 32),
+        ("data.workers", d.workers, 0),
+    ):
+        if not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} must be an integer of at least {least}, got {value!r}")
     if d.val_split == d.train_split:
         raise ConfigError(f"data.val_split equals data.train_split ({d.train_split!r})")
     for name in ("datasets", "methods", "compressions"):

@@ -85,8 +85,18 @@ def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset
         sets.append(dataset)
     train_set, val_set = sets
     if val_set is not None and d.val_limit and len(val_set.frame) > d.val_limit:
-        keep = np.sort(np.random.default_rng(0).choice(len(val_set.frame), d.val_limit, replace=False))
-        val_set = ManifestDataset(val_set.frame.iloc[keep], size=d.size, return_meta=True)
+        # a fixed subset with the split's class proportions and at least one frame of each class
+        rng = np.random.default_rng(0)
+        labels = val_set.labels
+        keep = np.concatenate(
+            [
+                rng.choice(
+                    np.flatnonzero(labels == c), max(1, round(d.val_limit * np.mean(labels == c))), replace=False
+                )
+                for c in (0, 1)
+            ]
+        )
+        val_set = ManifestDataset(val_set.frame.iloc[np.sort(keep)], size=d.size, return_meta=True)
     return train_set, val_set
 
 
@@ -155,6 +165,7 @@ class Trainer:
     # ------------------------------------------------------------------ outputs
     def _open_outputs(self, resume: bool) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        self._trim_metrics(self.step if resume else 0)
         (self.out / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         handler = logging.FileHandler(self.out / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -174,6 +185,15 @@ class Trainer:
             len(self.val_set) if self.val_set is not None else "no",
             self.step,
         )
+
+    def _trim_metrics(self, step: int) -> None:
+        """Keep the metrics.jsonl rows up to `step`: a resumed run rewrites what came after its checkpoint."""
+        path = self.out / "metrics.jsonl"
+        lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
     def _record(self, values: dict[str, float]) -> None:
         line = json.dumps({"step": self.step, **json_safe(values)})
@@ -219,6 +239,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best = json.loads(state["best"])
+        if state["world_size"] != self.context.world_size:  # same samples consumed, counted in the new batches
+            self.batch_in_epoch = self.batch_in_epoch * state["world_size"] // self.context.world_size
         if state["world_size"] == self.context.world_size:
             rng = state["rng"][self.context.rank]
             torch.set_rng_state(rng[0])
@@ -245,6 +267,7 @@ class Trainer:
             device=self.device,
             amp=self.amp,
             workers=self.config.data.workers,
+            channels_last=self.config.train.channels_last,  # the training model's layout stays as the optimiser has it
             progress=False,
         )
         if self.context.enabled:
