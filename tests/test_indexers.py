@@ -383,6 +383,22 @@ def test_wilddeepfake_archives_become_frame_sequences(tmp_path: Path) -> None:
     assert not (tmp_path / "extracted/fake_test").exists()  # already extracted, so not extracted again
 
 
+def test_wilddeepfake_val_fraction_moves_whole_training_archives(tmp_path: Path) -> None:
+    make_wilddeepfake(tmp_path)
+    everything = by_video(index_dataset("wilddeepfake", tmp_path, val_fraction=0.99))
+    assert {v: i.split for v, i in everything.items() if "_train/" in v} == {
+        "real_train/1/real/0": "val",
+        "real_train/2/real/7": "val",
+        "real_train/2/real/8": "val",
+        "fake_train/3/fake/5": "val",
+    }
+    assert everything["real_test/4/real/6"].split == "test"  # test archives never move
+    some = by_video(index_dataset("wilddeepfake", tmp_path, val_fraction=0.5))
+    assert some["real_train/2/real/7"].split == some["real_train/2/real/8"].split  # an archive stays together
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        index_dataset("wilddeepfake", tmp_path, val_fraction=1.5)
+
+
 def test_wilddeepfake_resumes_without_re_extracting(tmp_path: Path) -> None:
     make_wilddeepfake(tmp_path)
     first = index_dataset("wilddeepfake", tmp_path, extract_to=tmp_path / "faces")

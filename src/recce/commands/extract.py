@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="ffpp, celebdf, dfdc, dfdcp: skip listed files that are missing",
     )
-    options.add_argument("--val-fraction", type=float, help="celebdf, dfdcp, folder: share of train moved to val")
+    options.add_argument(
+        "--val-fraction", type=float, help="celebdf, dfdcp, wilddeepfake, folder: share of train moved to val"
+    )
     options.add_argument("--test-fraction", type=float, help="folder: share of items drawn for test")
     options.add_argument("--val-parts", nargs="+", help="dfdc: training parts used as val")
     options.add_argument("--extract-to", help="wilddeepfake: where archives are unpacked")

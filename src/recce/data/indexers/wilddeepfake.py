@@ -10,6 +10,10 @@ kind "frames", with video id `<split_folder>/<path below the archive>`, e.g. `re
 The label comes from the split folder (real_* or fake_*); a label folder literally named real or fake
 that contradicts it is an error. The manipulation is unknown, and both classes come from internet
 videos, so the method is "internet".
+
+WildDeepfake has no validation split: `val_fraction` moves that share of the training archives (all the sequences of
+an archive together, chosen by a stable hash of the archive's name, so neighbouring sequences of one source video
+never straddle train and val) to "val".
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 from pathlib import Path
 
 from .. import archive
-from .base import IMAGE_EXTENSIONS, DatasetLayoutError, IndexResult, ItemCollector, MediaItem
+from .base import IMAGE_EXTENSIONS, DatasetLayoutError, IndexResult, ItemCollector, MediaItem, check_fraction, hash_unit
 
 SPLIT_FOLDERS = {
     "real_train": ("train", 0),
@@ -67,8 +71,9 @@ def unit_trees(folder: Path, extracted: Path) -> list[tuple[Path, Path]]:
     return [units[stem] for stem in sorted(units)]
 
 
-def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None) -> IndexResult:
+def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None, val_fraction: float = 0.0) -> IndexResult:
     """Index WildDeepfake frame sequences, extracting archives that are not extracted yet."""
+    val_fraction = check_fraction(val_fraction, "val_fraction")
     extract_to = Path(extract_to) if extract_to is not None else root / "extracted"
     present = [name for name in SPLIT_FOLDERS if (root / name).is_dir() or (extract_to / name).is_dir()]
     if not present:
@@ -80,6 +85,7 @@ def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None) -> I
     for name in present:
         split, label = SPLIT_FOLDERS[name]
         for tree, base in unit_trees(root / name, extract_to / name):
+            unit_split = "val" if split == "train" and hash_unit(f"wilddeepfake/{tree.name}") < val_fraction else split
             sequences = frame_folders(tree)
             if not sequences:
                 collector.skip(tree, "no frame folders inside")
@@ -91,7 +97,7 @@ def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None) -> I
                 relative = sequence.relative_to(base).as_posix()
                 item = MediaItem(
                     dataset="wilddeepfake",
-                    split=split,
+                    split=unit_split,
                     video=f"{name}/{relative}",
                     label=label,
                     method="internet",
