@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from recce.data import manifest
-from recce.data.dataset import ManifestDataset, balanced_sampler_weights, row_seed
+from recce.data.dataset import ManifestDataset, row_seed
 from recce.data.video import MediaError
 
 # (dataset, split, video, label, method, compression) of each crop, two frames per video
@@ -153,18 +153,3 @@ def test_unreadable_crop_names_the_file(manifest_path):
         file.write(b"not a png")
     with pytest.raises(MediaError, match=f"{broken}: crop is missing or not a readable image"):
         dataset[3]
-
-
-def test_balanced_weights_draw_both_classes_equally(manifest_path):
-    frame = manifest.read(manifest_path)
-    frame = frame[frame["video"] != "youtube/001"].reset_index(drop=True)  # 4 real and 6 fake rows
-    weights = balanced_sampler_weights(frame)
-    real = frame["label"].to_numpy() == 0
-    assert weights.sum() == pytest.approx(1.0)
-    assert weights[real].sum() == pytest.approx(0.5) and weights[~real].sum() == pytest.approx(0.5)
-    assert set(weights[real]) == {0.5 / 4} and set(weights[~real]) == {0.5 / 6}
-    generator = torch.Generator().manual_seed(0)
-    drawn = list(WeightedRandomSampler(weights.tolist(), 20000, generator=generator))
-    assert real[drawn].mean() == pytest.approx(0.5, abs=0.02)
-    with pytest.raises(ValueError, match="0 real and 6 fake"):
-        balanced_sampler_weights(frame[~real])

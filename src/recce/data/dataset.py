@@ -30,18 +30,6 @@ def row_seed(path: str) -> int:
     return int.from_bytes(hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest(), "little")
 
 
-def balanced_sampler_weights(frame: pd.DataFrame) -> np.ndarray:
-    """Per-row weights summing to 1 under which real and fake rows are drawn equally often.
-
-    For a WeightedRandomSampler: the official FF++ recipe trains on as many real as fake frames.
-    """
-    labels = frame["label"].to_numpy()
-    counts = {label: int((labels == label).sum()) for label in (0, 1)}
-    if not all(counts.values()):
-        raise ValueError(f"cannot balance classes: {counts[0]} real and {counts[1]} fake rows")
-    return np.where(labels == 0, 0.5 / counts[0], 0.5 / counts[1])
-
-
 def to_tensor(image: np.ndarray, size: int, flip: bool = False) -> torch.Tensor:
     """RGB uint8 → resized to size x size (bilinear, aspect not kept), optionally mirrored, in [-1, 1], CHW float32."""
     if image.shape[:2] != (size, size):

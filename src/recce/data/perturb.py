@@ -65,7 +65,6 @@ DF_CODES: dict[str, str] = {
 SEED_TABLE5: tuple[str, ...] = ("compression", "blur", "contrast", "saturation", "pixelation")
 
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
-RANDOM_TYPES: frozenset[str] = frozenset({"block", "noise"})
 
 BLOCK_SIZE = 8
 BLOCK_GREY = 128
