@@ -1,8 +1,9 @@
-"""Checkpoints: this project's `.safetensors` format and importers for official / DeepfakeBench RECCE weights.
+"""Checkpoints: one `.safetensors` file per detector, whatever the detector, and importers for published weights.
 
-Our format is one safetensors file: the weights plus, in its metadata, the architecture and model configuration
-(and optional facts such as the training input size), so `load(path)` rebuilds the right model alone. Nothing is
-ever unpickled beyond plain tensors (`torch.load(..., weights_only=True)`).
+The file holds the weights and, in its metadata, the detector's name, its configuration, its preprocessing, the
+head type, the output names, the package version and the training provenance, so `load(path)` rebuilds any
+detector alone. Files written by the first format (`recce-forgery/1`: architecture, config, extra) still load.
+Nothing beyond plain tensors is ever unpickled (`torch.load(..., weights_only=True)`).
 """
 
 from __future__ import annotations
@@ -15,46 +16,52 @@ from pathlib import Path
 from typing import Any
 
 import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
-from recce.models import Recce, RecceConfig, Xception, XceptionConfig
-from recce.weights import CheckpointError, is_safetensors, mismatch, read_state_dict, strip_prefix, tensor_dict
+from recce import __version__
+from recce.detectors import Detector, DetectorConfigError, Preprocess, detector_class
+from recce.detectors.base import build_dataclass
+from recce.weights import CheckpointError, is_safetensors, load_strict, read_state_dict, tensor_dict
 
-__all__ = ["CheckpointError", "build", "from_official", "load", "read_metadata", "read_state_dict", "save"]
+__all__ = ["CheckpointError", "build", "from_official", "import_weights", "load", "read_metadata", "save"]
 
-FORMAT = "recce-forgery/1"
-ARCHITECTURES: dict[str, tuple[type[nn.Module], type]] = {
-    "recce": (Recce, RecceConfig),
-    "xception": (Xception, XceptionConfig),
-}
-
-
-def build(architecture: str, config: Mapping[str, Any]) -> nn.Module:
-    """Construct a model from its architecture name and configuration mapping."""
-    if architecture not in ARCHITECTURES:
-        raise CheckpointError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    model_class, config_class = ARCHITECTURES[architecture]
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise CheckpointError(f"unknown {architecture} configuration keys: {', '.join(unknown)}")
-    return model_class(**config)
+FORMAT = "recce-forgery/2"
+LEGACY_FORMAT = "recce-forgery/1"
 
 
-def save(model: nn.Module, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write weights + configuration atomically. `extra` (JSON-serialisable) is stored too, e.g. the input size."""
+def unwrap(model: nn.Module) -> Detector:
+    """The detector inside a DistributedDataParallel and/or torch.compile wrapper."""
     model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def build(name: str, config: Mapping[str, Any], preprocess: Preprocess | None = None) -> Detector:
+    """A detector from its registry name and configuration mapping (as stored in a checkpoint)."""
+    try:
+        cls = detector_class(name)
+        return cls(build_dataclass(cls.Config, config, "model"), preprocess)
+    except DetectorConfigError as error:
+        raise CheckpointError(str(error)) from None
+
+
+def save(model: nn.Module, path: str | os.PathLike, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write weights and metadata atomically; `provenance` (JSON-serialisable) records how the weights were made."""
+    detector = unwrap(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "format": FORMAT,
-        "architecture": model.architecture,
-        "config": json.dumps(dataclasses.asdict(model.config)),
-        "extra": json.dumps(dict(extra or {})),
+        "detector": detector.name,
+        "config": json.dumps(dataclasses.asdict(detector.config)),
+        "preprocess": json.dumps(detector.preprocess.to_dict()),
+        "head": detector.head,
+        "outputs": json.dumps(["p_fake", *detector.map_kinds]),
+        "version": __version__,
+        "provenance": json.dumps(dict(provenance or {})),
     }
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in detector.state_dict().items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     safetensors.torch.save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, path)
@@ -62,77 +69,76 @@ def save(model: nn.Module, path: str | os.PathLike, extra: Mapping[str, Any] | N
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Architecture, config and extra facts of one of our checkpoints."""
+    """Detector name, config, preprocessing (a `Preprocess`), head, version and provenance of one of our files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     if not is_safetensors(path):
         raise CheckpointError(
-            f"{path}: not a recce .safetensors checkpoint (convert official weights with `recce convert`)"
+            f"{path}: not a recce .safetensors checkpoint (convert published weights with `recce convert`)"
         )
     try:
         with safetensors.safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
     except Exception as error:
         raise CheckpointError(f"{path}: damaged safetensors file ({error})") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path}: safetensors file without recce metadata (convert official weights with `recce convert`)"
-        )
-    return {
-        "architecture": metadata["architecture"],
-        "config": json.loads(metadata["config"]),
-        "extra": json.loads(metadata.get("extra", "{}")),
-    }
+    try:
+        if metadata.get("format") == LEGACY_FORMAT:
+            extra = json.loads(metadata.get("extra", "{}"))
+            config = json.loads(metadata["config"])
+            return {
+                "detector": metadata["architecture"],
+                "config": config,
+                "preprocess": Preprocess(input_size=int(extra.get("input_size", 299))),
+                "head": "sigmoid" if config.get("num_classes", 1) == 1 else "softmax",
+                "version": "0.1.0",
+                "provenance": extra,
+            }
+        if metadata.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{path}: safetensors file without recce metadata (convert published weights with `recce convert`)"
+            )
+        return {
+            "detector": metadata["detector"],
+            "config": json.loads(metadata["config"]),
+            "preprocess": Preprocess.from_dict(json.loads(metadata["preprocess"])),
+            "head": metadata["head"],
+            "version": metadata["version"],
+            "provenance": json.loads(metadata.get("provenance", "{}")),
+        }
+    except (KeyError, TypeError, ValueError, DetectorConfigError) as error:
+        raise CheckpointError(f"{path}: damaged recce metadata ({error.__class__.__name__}: {error})") from None
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model a checkpoint of ours describes, load its weights, and return it in eval mode."""
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Detector:
+    """Rebuild the detector a checkpoint of ours describes, load its weights, and return it in eval mode."""
     meta = read_metadata(path)
-    model = build(meta["architecture"], meta["config"])
-    _load_strict(model, read_state_dict(path), path)
-    model.checkpoint_extra = meta["extra"]
+    model = build(meta["detector"], meta["config"], meta["preprocess"])
+    load_strict(model, read_state_dict(path), path)
     return model.to(map_location).eval()
 
 
-def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
-    expected = model.state_dict()
-    problem = mismatch(expected, state)
-    if problem:
-        raise CheckpointError(f"{source}: weights do not fit a {model.architecture} model: {problem}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-
-
-def from_official(
-    state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike,
-    num_classes: int | None = None,
-    **model_options: Any,
-) -> Recce:
-    """Build a `Recce` from official RECCE weights or DeepfakeBench's RecceDetector weights.
-
-    Accepts a `torch.save`d dict with the weights under "model" or a bare state dict, with or without a `module.`
-    prefix, or DeepfakeBench's `model.`-prefixed keys (its unused `backbone.*` is ignored). The timm 1000-way head
-    `encoder.fc.*` the official model saves is dropped. `num_classes` is inferred from the head when not given;
-    `model_options` go to the `Recce` constructor (e.g. `drop_rate`).
-    """
+def import_weights(
+    name: str, state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike, **options: Any
+) -> Detector:
+    """A detector built from published weights of its kind (the authors' files, DeepfakeBench's), in eval mode."""
     if isinstance(state_dict_or_path, Mapping):
         source = "state dict"
         state = tensor_dict(state_dict_or_path, source)
     else:
         source = str(state_dict_or_path)
         state = read_state_dict(state_dict_or_path)
-    state = strip_prefix(state)
-    if any(k.startswith("model.") for k in state):
-        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    state = {k: v for k, v in state.items() if not k.startswith("encoder.fc.")}
-    head = state.get("fc.weight")
-    if head is None:
-        raise CheckpointError(f"{source}: no RECCE classifier head (fc.weight) found; is this a RECCE checkpoint?")
-    inferred = head.shape[0]
-    if num_classes is not None and num_classes != inferred:
-        raise CheckpointError(f"{source}: the head has {inferred} outputs, but num_classes={num_classes} was asked")
-    if inferred not in (1, 2):
-        raise CheckpointError(f"{source}: the head has {inferred} outputs; RECCE checkpoints have 1 or 2")
-    model = Recce(num_classes=inferred, **model_options)
-    _load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, source)
-    return model.eval()
+    try:
+        cls = detector_class(name)
+    except DetectorConfigError as error:
+        raise CheckpointError(str(error)) from None
+    return cls.from_reference(state, source, **options)
+
+
+def from_official(
+    state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike,
+    num_classes: int | None = None,
+    **options: Any,
+) -> Detector:
+    """RECCE from the official weights or DeepfakeBench's RecceDetector weights (see `Recce.from_reference`)."""
+    return import_weights("recce", state_dict_or_path, num_classes=num_classes, **options)

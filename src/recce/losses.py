@@ -1,16 +1,16 @@
-"""RECCE's training objective: flooded classification + reconstruction of real faces + metric learning.
+"""Loss functions of the detectors; RECCE's objective: flooded classification + reconstruction + metric learning.
 
-Maths as in the official trainer (spec: recce.md §2.1); masks are built with tensor ops so no step synchronises
-with the host.
+RECCE's maths as in the official trainer (spec: recce.md §2.1); masks are built with tensor ops so no step
+synchronises with the host.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from recce.models.outputs import RecceOutput
 
 RECONSTRUCTION_TARGETS = ("real", "all")
 
@@ -21,6 +21,11 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     if logits.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(logits[:, 0], labels.float())
     return F.cross_entropy(logits, labels.long())
+
+
+def flood(loss: torch.Tensor, level: float) -> torch.Tensor:
+    """Flooding (Ishida et al., 2020): |L - b| + b keeps the training loss from going below b."""
+    return torch.abs(loss - level) + level if level else loss
 
 
 def metric_loss(similarities: tuple[torch.Tensor, ...], labels: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -50,38 +55,30 @@ def reconstruction_loss(
     return (error * real).sum() / torch.clamp(real.sum(), min=1)
 
 
-class RecceLoss(nn.Module):
-    """total = |L_cls - b| + b + lambda_reconstruction * L_r + lambda_metric * L_m.
+@dataclass(frozen=True)
+class RecceLoss:
+    """total = |L_cls - b| + b + lambda_reconstruction * L_r + lambda_metric * L_m; RECCE's `Loss` configuration.
 
-    `reconstruct="all"` and `lambda_metric=0` give the ablations of seed Table 1. For the plain Xception baseline
-    (no reconstruction, no similarities) the auxiliary terms are zero.
+    `reconstruct="all"` and `lambda_metric=0` give the ablations of seed Table 1.
     """
 
-    def __init__(
-        self,
-        lambda_reconstruction: float = 0.1,
-        lambda_metric: float = 0.1,
-        flooding: float = 0.04,
-        reconstruct: str = "real",
-    ):
-        super().__init__()
-        if reconstruct not in RECONSTRUCTION_TARGETS:
-            raise ValueError(f"reconstruct must be one of {RECONSTRUCTION_TARGETS}, got {reconstruct!r}")
-        self.lambda_reconstruction = lambda_reconstruction
-        self.lambda_metric = lambda_metric
-        self.flooding = flooding
-        self.reconstruct = reconstruct
+    lambda_reconstruction: float = 0.1
+    lambda_metric: float = 0.1  # 0 switches the metric-learning loss off (seed Table 1 (b))
+    flooding: float = 0.04
+    reconstruct: str = "real"  # real | all (seed Table 1 (a))
 
-    def forward(self, output: RecceOutput, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __post_init__(self):
+        if self.reconstruct not in RECONSTRUCTION_TARGETS:
+            raise ValueError(
+                f"reconstruct must be one of {', '.join(RECONSTRUCTION_TARGETS)}, got {self.reconstruct!r}"
+            )
+
+    def __call__(self, output: Any, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Terms of a RECCE output (`maps["reconstruction"]`, `aux["similarities"]`)."""
         classification = classification_loss(output.logits, labels)
-        flooded = torch.abs(classification - self.flooding) + self.flooding
-        zero = classification.new_zeros(())
-        reconstruction = (
-            zero
-            if output.reconstruction is None
-            else reconstruction_loss(output.reconstruction, images, labels, self.reconstruct)
-        )
-        metric = metric_loss(output.similarities, labels) if output.similarities else zero
+        flooded = flood(classification, self.flooding)
+        reconstruction = reconstruction_loss(output.maps["reconstruction"], images, labels, self.reconstruct)
+        metric = metric_loss(output.aux["similarities"], labels)
         total = flooded + self.lambda_reconstruction * reconstruction + self.lambda_metric * metric
         return {
             "total": total,

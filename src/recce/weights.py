@@ -88,3 +88,13 @@ def mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Ten
         if keys
     ]
     return "; ".join(parts) or None
+
+
+def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Load `state` into `model` exactly (cast to the model's dtypes), or one line on what does not fit."""
+    expected = model.state_dict()
+    problem = mismatch(expected, state)
+    if problem:
+        name = getattr(model, "name", "") or type(model).__name__
+        raise CheckpointError(f"{source}: weights do not fit a {name} detector: {problem}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)

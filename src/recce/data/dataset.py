@@ -1,8 +1,9 @@
 """The Dataset over a manifest: face crops decoded in DataLoader workers, with the paper's transform.
 
-Transform (RECCE's albumentations pipeline): cv2 read, BGR->RGB, optional perturbation, Resize(size, size)
-bilinear without keeping the aspect ratio, HorizontalFlip(p) in training only, Normalize(mean 0.5, std 0.5)
-to [-1, 1], CHW float32. The training sampler passes each row's augmentation seed with its index, so flips are
+Transform (RECCE's albumentations pipeline, generalised by the detector's `Preprocess`): cv2 read, BGR->RGB,
+optional perturbation, Resize to the load size bilinear without keeping the aspect ratio, a crop to the input size
+(random in training, centred otherwise; none when both sizes agree), HorizontalFlip(p) in training only,
+Normalize(mean, std), CHW float32. The training sampler passes each row's augmentation seed with its index, so flips are
 the same whatever the workers and when a run resumes; a bare index draws from torch's generator instead.
 """
 
@@ -20,8 +21,10 @@ from torch.utils.data import Dataset
 
 from recce.data import manifest
 from recce.data.video import MediaError
+from recce.detectors.base import Preprocess
 
 Perturbation = Callable[[np.ndarray, int], np.ndarray]
+RECCE_PREPROCESS = Preprocess()
 META_COLUMNS = ("dataset", "split", "video", "frame", "method", "compression")
 
 
@@ -30,14 +33,28 @@ def row_seed(path: str) -> int:
     return int.from_bytes(hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest(), "little")
 
 
-def to_tensor(image: np.ndarray, size: int, flip: bool = False) -> torch.Tensor:
-    """RGB uint8 → resized to size x size (bilinear, aspect not kept), optionally mirrored, in [-1, 1], CHW float32."""
-    if image.shape[:2] != (size, size):
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+def to_tensor(
+    image: np.ndarray, preprocess: Preprocess, flip: bool = False, offset: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """RGB uint8 → resized (bilinear, aspect not kept), cropped at `offset` (default: centred), optionally mirrored,
+    normalised, CHW float32."""
+    load, size = preprocess.load_size, preprocess.input_size
+    if image.shape[:2] != (load, load):
+        image = cv2.resize(image, (load, load), interpolation=cv2.INTER_LINEAR)
+    if load != size:
+        top, left = offset if offset is not None else ((load - size) // 2, (load - size) // 2)
+        image = image[top : top + size, left : left + size]
     if flip:
         image = image[:, ::-1]
-    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    return (tensor.to(torch.float32) - 127.5) / 127.5
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32)
+    mean = torch.tensor(preprocess.mean).view(3, 1, 1) * 255
+    std = torch.tensor(preprocess.std).view(3, 1, 1) * 255
+    return (tensor - mean) / std
+
+
+def as_preprocess(preprocess: Preprocess | int) -> Preprocess:
+    """A `Preprocess`; a bare side means that input size with RECCE's normalisation to [-1, 1]."""
+    return preprocess if isinstance(preprocess, Preprocess) else Preprocess(input_size=int(preprocess))
 
 
 class ManifestDataset(Dataset):
@@ -51,7 +68,7 @@ class ManifestDataset(Dataset):
         self,
         frame_or_path: pd.DataFrame | str | os.PathLike,
         *,
-        size: int = 299,
+        preprocess: Preprocess | int = RECCE_PREPROCESS,
         train: bool = False,
         flip_p: float = 0.5,
         perturbation: Perturbation | None = None,
@@ -70,7 +87,7 @@ class ManifestDataset(Dataset):
         if self.frame.empty:
             given = ", ".join(f"{k}={list(v)}" for k, v in filters.items() if v) or "no filters"
             raise ValueError(f"{source}: no rows match ({given})")
-        self.size = size
+        self.preprocess = as_preprocess(preprocess)
         self.train = train
         self.flip_p = flip_p
         self.perturbation = perturbation
@@ -101,12 +118,18 @@ class ManifestDataset(Dataset):
         return image
 
     def transform(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
-        """The paper's transform; the training flip is decided by `seed` when given."""
-        flip = False
-        if self.train:
-            draw = torch.rand(()).item() if seed is None else np.random.default_rng(seed).random()
-            flip = draw < self.flip_p
-        return to_tensor(image, self.size, flip)
+        """The paper's transform; the training flip (and crop) are decided by `seed` when given."""
+        if not self.train:
+            return to_tensor(image, self.preprocess)
+        margin = self.preprocess.load_size - self.preprocess.input_size
+        if seed is None:
+            flip = torch.rand(()).item() < self.flip_p
+            offset = tuple(torch.randint(0, margin + 1, (2,)).tolist()) if margin else (0, 0)
+        else:
+            rng = np.random.default_rng(seed)
+            flip = rng.random() < self.flip_p
+            offset = tuple(rng.integers(0, margin + 1, 2).tolist()) if margin else (0, 0)
+        return to_tensor(image, self.preprocess, flip, offset)
 
     def __getitem__(self, key: int | tuple[int, int]):
         """`key` is a row, or (row, augmentation seed) as the training sampler yields to make flips reproducible."""

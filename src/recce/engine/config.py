@@ -1,7 +1,10 @@
 """Training configuration: YAML files in `configs/` mapped onto dataclasses whose defaults are the paper's recipe.
 
-A YAML file may name a `base:` file (relative to itself) whose values it overrides; `key.sub=value` overrides from
-the command line come last. Unknown keys are errors that name the key and the file.
+The `model` section names the detector (`name: rfm`); its other keys are that detector's `Config` fields, and the
+`loss` section its `Loss` fields, both checked against the detector's own dataclasses. A YAML file may name a
+`base:` file (relative to itself) whose values it overrides; when it names another detector than its base, the
+base's model and loss sections are dropped. `key.sub=value` overrides from the command line come last. Unknown keys
+are errors that name the key and the file.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from recce.detectors import Detector, DetectorConfigError, Preprocess, detector_class
+from recce.detectors.base import build_dataclass
+
 
 class ConfigError(ValueError):
     """A configuration problem, named before any training starts."""
@@ -21,20 +27,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelSection:
-    architecture: str = "recce"  # recce | xception (the baseline of the paper's tables)
-    num_classes: int = 1  # 1: sigmoid / BCE as in the paper; 2: softmax / CE as in DeepfakeBench
-    drop_rate: float = 0.2
-    aggregation: str = "graph"  # graph | sum | concat | nonlocal (seed Table 2)
-    multi_scale: bool = True  # False: single-scale graph reasoning (seed Table 2 (d))
-    pretrained: str | None = None  # ImageNet Xception weights, e.g. xception-43020ad28.pth
+    name: str = "recce"  # a registered detector (`recce models`)
+    pretrained: str | None = None  # ImageNet backbone weights, e.g. xception-43020ad28.pth; null: random init
+    init_from: str | None = None  # a checkpoint of ours whose matching weights start this run (two-stage recipes)
+    options: dict[str, Any] = field(default_factory=dict)  # the detector's Config fields
 
 
-@dataclass
-class LossSection:
-    lambda_reconstruction: float = 0.1
-    lambda_metric: float = 0.1  # 0 switches the metric-learning loss off (seed Table 1 (b))
-    flooding: float = 0.04
-    reconstruct: str = "real"  # real | all (seed Table 1 (a))
+MODEL_KEYS = ("name", "pretrained", "init_from")
 
 
 @dataclass
@@ -45,7 +44,10 @@ class DataSection:
     compressions: list[str] | None = None
     train_split: str = "train"
     val_split: str | None = "val"  # model selection split; never the test split unless asked for explicitly
-    size: int = 299
+    size: int | None = None  # input side; null: the detector's own preprocessing (RECCE 299)
+    resize: int | None = None  # with `size`: resize to this side, then crop `size` (random in training)
+    mean: list[float] | None = None  # normalisation; null: the detector's
+    std: list[float] | None = None
     flip_p: float = 0.5
     balance: bool = True  # each epoch: all of the smaller class and as many random frames of the larger one
     workers: int = 4
@@ -84,13 +86,54 @@ class TrainSection:
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    loss: LossSection = field(default_factory=LossSection)
+    loss: dict[str, Any] = field(default_factory=dict)  # the detector's Loss fields
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As YAML would state it: the model's options inline, every section complete."""
+        values = dataclasses.asdict(self)
+        model = values["model"]
+        values["model"] = {key: model[key] for key in MODEL_KEYS} | dataclasses.asdict(self.detector_config())
+        values["loss"] = dataclasses.asdict(self.loss_config())
+        return values
+
+    def detector_class(self) -> type[Detector]:
+        try:
+            return detector_class(self.model.name)
+        except DetectorConfigError as error:
+            raise ConfigError(f"model.name: {error}") from None
+
+    def detector_config(self) -> Any:
+        try:
+            return build_dataclass(self.detector_class().Config, self.model.options, "model")
+        except DetectorConfigError as error:
+            raise ConfigError(str(error)) from None
+
+    def loss_config(self) -> Any:
+        try:
+            return build_dataclass(self.detector_class().Loss, self.loss, "loss")
+        except DetectorConfigError as error:
+            raise ConfigError(str(error)) from None
+
+    def preprocess(self) -> Preprocess:
+        """The detector's preprocessing with the data section's overrides."""
+        d = self.data
+        base = self.detector_class().default_preprocess
+        if d.size is not None:
+            base = dataclasses.replace(base, input_size=d.size, resize=d.resize)
+        try:
+            return dataclasses.replace(base, mean=tuple(d.mean or base.mean), std=tuple(d.std or base.std))
+        except DetectorConfigError as error:
+            raise ConfigError(f"data: {error}") from None
+
+    def build_detector(self) -> Detector:
+        """The detector this configuration trains, with its ImageNet weights when `model.pretrained` names them."""
+        detector = self.detector_class()(self.detector_config(), self.preprocess())
+        if self.model.pretrained:
+            detector.load_pretrained(self.model.pretrained)
+        return detector
 
 
 SELECT_METRICS = {"auc": True, "acc": True, "ap": True, "log_loss": False, "eer": False}  # name -> higher is better
@@ -111,12 +154,22 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base is None:
         return data
     merged = _read_yaml((path.parent / base).resolve(), (*seen, path))
+    if _detector_name(data) not in (None, _detector_name(merged)):  # another detector: start from its defaults
+        merged.pop("model", None)
+        merged.pop("loss", None)
     for section, values in data.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section] = {**merged[section], **values}
         else:
             merged[section] = values
     return merged
+
+
+def _detector_name(values: dict[str, Any]) -> str | None:
+    model = values.get("model")
+    if not isinstance(model, dict):
+        return None
+    return model.get("name", model.get("architecture"))
 
 
 def _apply(config: TrainConfig, values: dict[str, Any], source: str) -> None:
@@ -127,6 +180,17 @@ def _apply(config: TrainConfig, values: dict[str, Any], source: str) -> None:
         section = getattr(config, section_name)
         if not isinstance(section_values, dict):
             raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
+        if section_name == "loss":  # checked against the detector's Loss once the detector is known
+            section.update(section_values)
+            continue
+        if section_name == "model":
+            for key, value in section_values.items():
+                key = "name" if key == "architecture" else key  # the first config format's spelling
+                if key in MODEL_KEYS:
+                    setattr(section, key, value)
+                else:
+                    section.options[key] = value
+            continue
         known = {f.name for f in dataclasses.fields(section)}
         for key, value in section_values.items():
             if key not in known:
@@ -152,8 +216,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 def validate(config: TrainConfig) -> None:
     """Check values that can be checked without touching data."""
     t, d = config.train, config.data
-    if config.model.architecture not in ("recce", "xception"):
-        raise ConfigError(f"model.architecture must be recce or xception, got {config.model.architecture!r}")
+    config.detector_config()
+    config.loss_config()
+    config.preprocess()
     if t.select_metric not in SELECT_METRICS:
         raise ConfigError(f"train.select_metric must be one of {', '.join(SELECT_METRICS)}, got {t.select_metric!r}")
     for name in ("steps", "batch_size", "val_batch_size", "val_every", "log_every", "checkpoint_every"):
@@ -162,22 +227,15 @@ def validate(config: TrainConfig) -> None:
     if not d.manifest:
         raise ConfigError("data.manifest is not set (the manifest written by `recce extract` or `recce synth`)")
     from recce.engine.runtime import AMP_MODES
-    from recce.losses import RECONSTRUCTION_TARGETS
-    from recce.models.graph_reasoning import AGGREGATIONS
 
-    choices = {
-        "train.amp": (t.amp, AMP_MODES),
-        "model.aggregation": (config.model.aggregation, AGGREGATIONS),
-        "model.num_classes": (config.model.num_classes, (1, 2)),
-        "loss.reconstruct": (config.loss.reconstruct, RECONSTRUCTION_TARGETS),
-    }
+    choices = {"train.amp": (t.amp, AMP_MODES)}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
     for name, value, least in (
         ("optim.step_size", config.optim.step_size, 1),
         ("optim.warmup_steps", config.optim.warmup_steps, 0),
-        ("data.size", d.size, 32),
+        ("data.size", d.size if d.size is not None else 32, 32),
         ("data.workers", d.workers, 0),
     ):
         if not isinstance(value, int) or value < least:

@@ -1,14 +1,13 @@
 """Batched inference: P(fake) for manifest crops (DataLoader workers) or for in-memory crops (detect, demo).
 
-Both entry points share one forward loop and the dataset's eval transform (resize to the model's input size with
-cv2 INTER_LINEAR, then (x / 255 - 0.5) / 0.5). Scores stay on the device until the end, so the loop never waits
-for the GPU between batches; only the optional reconstruction/attention maps are copied back per batch.
+Both entry points share one forward loop and the dataset's eval transform with the detector's own preprocessing
+(input size, normalisation). Scores stay on the device until the end, so the loop never waits for the GPU between
+batches; only the optional maps are copied back per batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -17,39 +16,31 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from recce.checkpoints import unwrap
 from recce.data.dataset import ManifestDataset, to_tensor
+from recce.detectors import Detector, Preprocess, fake_probability
 from recce.engine.runtime import autocast, resolve_amp, resolve_device
-from recce.models import fake_probability
 
-DEFAULT_INPUT_SIZE = 299
-
-
-class ImageMaps(NamedTuple):
-    """What RECCE saw of one crop, at the model's input size (None for the plain Xception baseline)."""
-
-    reconstruction: np.ndarray | None  # H x W x 3 RGB uint8, the decoder output x̂ mapped back from [-1, 1]
-    attention: np.ndarray | None  # h x w float32 in [0, 1], the reconstruction-guided attention on the block8 grid
+FaceMaps = dict[str, np.ndarray]  # map name -> H x W float32 heatmap, or H x W x 3 RGB uint8 image
 
 
-def input_size(model: nn.Module, override: int | None = None) -> int:
-    """The side the model expects: an explicit override, else the checkpoint's `input_size`, else 299."""
-    if override is not None:
-        return int(override)
-    return int(getattr(model, "checkpoint_extra", {}).get("input_size", DEFAULT_INPUT_SIZE))
+def preprocess_of(model: nn.Module, size: int | None = None) -> Preprocess:
+    """The detector's preprocessing, at `size` when given (an explicit override of the input side)."""
+    return unwrap(model).preprocess.at_size(size)
 
 
 class _CropArrays(Dataset):
     """In-memory RGB crops through the dataset's eval transform (`to_tensor`, the same function)."""
 
-    def __init__(self, images: Sequence[np.ndarray], size: int) -> None:
+    def __init__(self, images: Sequence[np.ndarray], preprocess: Preprocess) -> None:
         self.images = images
-        self.size = size
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(_checked_crop(self.images[index], index), self.size)
+        return to_tensor(_checked_crop(self.images[index], index), self.preprocess)
 
 
 def _checked_crop(image: np.ndarray, index: int) -> np.ndarray:
@@ -79,32 +70,43 @@ def _forward(
     amp: str,
     channels_last: bool,
     keep_maps: bool,
-) -> tuple[np.ndarray, list[ImageMaps]]:
-    """Scores of every batch, and per-image maps when asked; model already prepared by `_prepare`."""
+) -> tuple[np.ndarray, list[FaceMaps]]:
+    """Scores of every batch, and per-image maps when asked; model already prepared by `_prepare`.
+
+    Maps come from `explain`, which may need gradients (RFM's attention map), hence no_grad instead of
+    inference_mode there.
+    """
     scores: list[torch.Tensor] = []
-    maps: list[ImageMaps] = []
-    with torch.inference_mode():
+    maps: list[FaceMaps] = []
+    detector = unwrap(model)
+    with torch.no_grad() if keep_maps else torch.inference_mode():
         for images in batches:
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
-                output = model(images)
+                output = detector.explain(images) if keep_maps else model(images)
             scores.append(fake_probability(output.logits))
             if keep_maps:
-                maps.extend(_maps_of(output.reconstruction, output.attention, len(images)))
+                maps.extend(face_maps(detector, output.maps, len(images)))
     if not scores:
         return np.empty(0, dtype=np.float64), maps
     return torch.cat(scores).cpu().numpy().astype(np.float64), maps
 
 
-def _maps_of(reconstruction: torch.Tensor | None, attention: torch.Tensor | None, count: int) -> list[ImageMaps]:
-    recon = None
-    if reconstruction is not None:
-        pixels = ((reconstruction.float() * 0.5 + 0.5) * 255).round().clamp(0, 255).to(torch.uint8)
-        recon = pixels.permute(0, 2, 3, 1).cpu().numpy()
-    attn = None if attention is None else attention.float()[:, 0].cpu().numpy()
-    return [ImageMaps(None if recon is None else recon[i], None if attn is None else attn[i]) for i in range(count)]
+def face_maps(detector: Detector, maps: dict[str, torch.Tensor], count: int) -> list[FaceMaps]:
+    """Per-image numpy maps: heatmaps as H x W float32, images denormalised to RGB uint8."""
+    arrays = {}
+    for name, kind in detector.map_kinds.items():
+        if name not in maps:
+            continue
+        value = maps[name].detach().float()
+        if kind == "image":
+            value = (detector.preprocess.denormalise(value) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        else:
+            value = value[:, 0]
+        arrays[name] = value.cpu().numpy()
+    return [{name: array[i] for name, array in arrays.items()} for i in range(count)]
 
 
 def score_frames(
@@ -130,7 +132,7 @@ def score_frames(
     if isinstance(dataset_or_frame, ManifestDataset):
         dataset = dataset_or_frame
     else:
-        dataset = ManifestDataset(dataset_or_frame, size=input_size(model, size))
+        dataset = ManifestDataset(dataset_or_frame, preprocess=preprocess_of(model, size))
     model, resolved, amp_mode, channels_last = _prepare(model, device, amp, channels_last)
     loader = DataLoader(
         dataset,
@@ -157,11 +159,11 @@ def score_images(
     amp: str = "auto",
     channels_last: bool | None = None,
     maps: bool = False,
-) -> tuple[np.ndarray, list[ImageMaps] | None]:
-    """P(fake) of RGB uint8 face crops (a list, or an N x H x W x 3 array); with `maps`, what RECCE saw of each."""
+) -> tuple[np.ndarray, list[FaceMaps] | None]:
+    """P(fake) of RGB uint8 face crops (a list, or an N x H x W x 3 array); with `maps`, the detector's maps of each."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    crops = _CropArrays(list(images), input_size(model, size))
+    crops = _CropArrays(list(images), preprocess_of(model, size))
     model, resolved, amp_mode, channels_last = _prepare(model, device, amp, channels_last)
     batches = (
         torch.stack([crops[i] for i in range(start, min(start + batch_size, len(crops)))])

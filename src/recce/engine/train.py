@@ -29,15 +29,15 @@ from tqdm import tqdm
 from recce import checkpoints
 from recce.data import manifest
 from recce.data.dataset import ManifestDataset
+from recce.detectors import Detector
 from recce.engine.config import SELECT_METRICS, ConfigError, TrainConfig
 from recce.engine.inference import score_frames
 from recce.engine.runtime import autocast, init_distributed, resolve_amp
 from recce.engine.sampler import EpochSampler
-from recce.losses import RecceLoss
 from recce.metrics import aggregate_videos, binary_metrics, json_safe
+from recce.weights import CheckpointError, read_state_dict
 
 log = logging.getLogger("recce")
-LOSS_NAMES = ("total", "classification", "flooded", "reconstruction", "metric")
 
 
 @dataclass
@@ -49,13 +49,25 @@ class TrainResult:
     main_process: bool = True
 
 
-def build_model(config: TrainConfig) -> nn.Module:
-    m = config.model
-    options: dict[str, Any] = {"num_classes": m.num_classes, "drop_rate": m.drop_rate, "pretrained": m.pretrained}
-    if m.architecture == "recce":
-        options |= {"aggregation": m.aggregation, "multi_scale": m.multi_scale}
-    model_class, _ = checkpoints.ARCHITECTURES[m.architecture]
-    return model_class(**options)
+def build_model(config: TrainConfig) -> Detector:
+    """The detector of the config, from ImageNet weights (`model.pretrained`) and/or a run of ours (`init_from`)."""
+    try:
+        detector = config.build_detector()
+    except CheckpointError as error:
+        raise ConfigError(f"model.pretrained: {error}") from None
+    if config.model.init_from:
+        source = config.model.init_from
+        try:
+            given = read_state_dict(source)
+        except CheckpointError as error:
+            raise ConfigError(f"model.init_from: {error}") from None
+        own = detector.state_dict()
+        matching = {k: v.to(own[k].dtype) for k, v in given.items() if k in own and own[k].shape == v.shape}
+        if not matching:
+            raise ConfigError(f"model.init_from: {source}: no weight fits a {config.model.name} detector")
+        detector.load_state_dict(matching, strict=False)
+        log.info("initialised %d of %d tensors from %s", len(matching), len(own), source)
+    return detector
 
 
 def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset | None]:
@@ -66,6 +78,7 @@ def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset
     except manifest.ManifestError as error:
         raise ConfigError(str(error)) from None
     filters = {"datasets": d.datasets, "methods": d.methods, "compressions": d.compressions}
+    preprocess = config.preprocess()
     sets = []
     for split, train in ((d.train_split, True), (d.val_split, False)):
         if split is None:
@@ -73,7 +86,13 @@ def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset
             continue
         try:
             dataset = ManifestDataset(
-                frame, size=d.size, train=train, flip_p=d.flip_p, splits=[split], return_meta=not train, **filters
+                frame,
+                preprocess=preprocess,
+                train=train,
+                flip_p=d.flip_p,
+                splits=[split],
+                return_meta=not train,
+                **filters,
             )
         except ValueError as error:
             raise ConfigError(f"{d.manifest}: split {split!r} is empty ({error})") from None
@@ -96,7 +115,7 @@ def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset
                 for c in (0, 1)
             ]
         )
-        val_set = ManifestDataset(val_set.frame.iloc[np.sort(keep)], size=d.size, return_meta=True)
+        val_set = ManifestDataset(val_set.frame.iloc[np.sort(keep)], preprocess=preprocess, return_meta=True)
     return train_set, val_set
 
 
@@ -131,7 +150,9 @@ class Trainer:
         if self.context.enabled and t.sync_bn and self.device.type == "cuda":  # SyncBatchNorm is GPU-only
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        self.loss = RecceLoss(**vars(config.loss))
+        self.detector = checkpoints.unwrap(model)
+        self.loss_config = config.loss_config()
+        self.loss_names: list[str] = []
         fused = self.device.type in ("cuda", "cpu")
         o = config.optim
         self.optimizer = torch.optim.Adam(
@@ -177,7 +198,7 @@ class Trainer:
         self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if resume else None)
         log.info(
             "training %s on %d %s process(es), amp=%s, %d training / %s validation frames, from step %d",
-            self.config.model.architecture,
+            self.config.model.name,
             self.context.world_size,
             self.device.type,
             self.amp,
@@ -258,7 +279,9 @@ class Trainer:
         """Frame- and video-level metrics of the validation split, scored by all processes together."""
         frame = self.val_set.frame
         mine = ManifestDataset(
-            frame.iloc[self.context.rank :: self.context.world_size], size=self.config.data.size, return_meta=True
+            frame.iloc[self.context.rank :: self.context.world_size],
+            preprocess=self.detector.preprocess,
+            return_meta=True,
         )
         scores = score_frames(
             self.model,
@@ -292,28 +315,41 @@ class Trainer:
             log.info("step %d: new best validation %s = %.4f", self.step, name, value)
 
     def _export(self, name: str, metrics: dict[str, float] | None) -> None:
-        extra = {
-            "input_size": self.config.data.size,
+        d = self.config.data
+        provenance = {
             "step": self.step,
-            "trained_on": self.config.data.datasets or "all",
+            "manifest": str(d.manifest),
+            "trained_on": sorted(set(self.train_set.frame["dataset"])),
+            "methods": sorted(set(self.train_set.frame["method"])),
+            "train_split": d.train_split,
+            "val_split": d.val_split,
             "validation": json_safe(metrics or {}),
+            "train_config": self.config.to_dict(),
         }
-        checkpoints.save(self.model, self.out / name, extra=extra)
+        checkpoints.save(self.model, self.out / name, provenance=provenance)
 
     def _log_images(self) -> None:
+        """A grid of validation inputs with the detector's maps (images as they are, heatmaps scaled per image)."""
         import torchvision
 
         images = torch.stack([self.val_set[i][0] for i in range(min(4, len(self.val_set)))]).to(self.device)
         self.model.eval()
-        with torch.inference_mode(), autocast(self.device, self.amp):
-            output = self.model(images)
+        with torch.no_grad(), autocast(self.device, self.amp):
+            output = self.detector.explain(images)
         self.model.train()
-        if output.reconstruction is None:
-            return
-        recon = output.reconstruction.float()
-        diff = (images - recon).abs().mean(1, keepdim=True).expand(-1, 3, -1, -1) - 1
-        grid = torchvision.utils.make_grid(torch.cat([images, recon, diff]), nrow=len(images), normalize=True)
-        self.writer.add_image("val/input_reconstruction_difference", grid, self.step)
+        preprocess = self.detector.preprocess
+        rows = [preprocess.denormalise(images)]
+        for name, kind in self.detector.map_kinds.items():
+            value = output.maps[name].detach().float()
+            if kind == "image":
+                rows.append(preprocess.denormalise(value))
+                continue
+            value = torch.nn.functional.interpolate(value, size=images.shape[-2:], mode="bilinear")
+            low = value.amin(dim=(1, 2, 3), keepdim=True)
+            high = value.amax(dim=(1, 2, 3), keepdim=True)
+            rows.append(((value - low) / (high - low).clamp_min(1e-12)).expand(-1, 3, -1, -1))
+        grid = torchvision.utils.make_grid(torch.cat(rows), nrow=len(images))
+        self.writer.add_image("val/input_and_" + "_".join(self.detector.map_kinds or ["nothing"]), grid, self.step)
 
     # ------------------------------------------------------------------ loop
     def train_loader(self) -> DataLoader:
@@ -336,7 +372,7 @@ class Trainer:
         t = self.config.train
         last_step = t.steps if stop_after is None else min(t.steps, self.step + stop_after)
         self.model.train()
-        sums = torch.zeros(len(LOSS_NAMES), device=self.device)
+        sums: torch.Tensor | None = None
         count, tick = 0, time.perf_counter()
         bar = tqdm(
             total=t.steps,
@@ -350,7 +386,10 @@ class Trainer:
                 self.sampler.set_position(self.epoch, self.batch_in_epoch)
                 for images, labels in self.train_loader():
                     losses = self.train_step(images, labels)
-                    sums += torch.stack([losses[n].detach() for n in LOSS_NAMES])
+                    if sums is None:
+                        self.loss_names = list(losses)
+                        sums = torch.zeros(len(self.loss_names), device=self.device)
+                    sums += torch.stack([losses[n].detach().float() for n in self.loss_names])
                     count += 1
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -370,6 +409,7 @@ class Trainer:
                 else:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                    self.detector.epoch_end(self.epoch)
         finally:
             bar.close()
         finished = self.step >= t.steps
@@ -397,8 +437,7 @@ class Trainer:
         if self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
-            output = self.step_model(images)
-            losses = self.loss(output, images, labels)
+            losses = self.detector.training_step(images, labels, self.step_model, self.loss_config)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
         self.scaler.step(self.optimizer)
@@ -410,7 +449,7 @@ class Trainer:
         if self.context.enabled:
             dist.all_reduce(sums)
             totals = (sums / self.context.world_size).tolist()
-        values = {f"loss/{n}": total / count for n, total in zip(LOSS_NAMES, totals, strict=True)}
+        values = {f"loss/{n}": total / count for n, total in zip(self.loss_names, totals, strict=True)}
         if not self.context.is_main:
             return
         values["lr"] = self.scheduler.get_last_lr()[0]

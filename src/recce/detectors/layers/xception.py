@@ -1,16 +1,13 @@
-"""The Xception encoder RECCE is built on (timm's `legacy_xception`), and the plain Xception baseline."""
+"""The Xception encoder most detectors are built on: timm's `legacy_xception` (the Cadene layout), run in stages."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from recce.models.outputs import RecceOutput
 from recce.weights import CheckpointError, mismatch, read_state_dict, strip_prefix
 
 ENCODER_STAGES = (
@@ -56,31 +53,8 @@ def run_stage(encoder: nn.Module, stage: int, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@dataclass(frozen=True)
-class XceptionConfig:
-    """The Xception baseline of the paper's tables, trained by the same engine as RECCE."""
-
-    num_classes: int = 1
-    drop_rate: float = 0.2
-
-
-class Xception(nn.Module):
-    """Plain Xception classifier with RECCE's head (GAP, dropout, linear), returning a `RecceOutput`."""
-
-    architecture = "xception"
-
-    def __init__(self, num_classes: int = 1, drop_rate: float = 0.2, pretrained: str | os.PathLike | None = None):
-        super().__init__()
-        if num_classes not in (1, 2):
-            raise ValueError(f"num_classes must be 1 (sigmoid) or 2 (softmax), got {num_classes}")
-        self.config = XceptionConfig(num_classes=num_classes, drop_rate=drop_rate)
-        self.encoder = build_encoder(pretrained)
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(2048, num_classes)
-
-    def forward(self, x: torch.Tensor) -> RecceOutput:
-        features = x
-        for stage in range(len(ENCODER_STAGES)):
-            features = run_stage(self.encoder, stage, features)
-        pooled = F.adaptive_avg_pool2d(features, 1).flatten(1)
-        return RecceOutput(logits=self.fc(self.dropout(pooled)))
+def run_all(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """All four stages: the 2048-channel exit-flow features."""
+    for stage in range(len(ENCODER_STAGES)):
+        x = run_stage(encoder, stage, x)
+    return x
