@@ -140,6 +140,11 @@ class Detector(nn.Module):
         self.preprocess = preprocess or self.default_preprocess
 
     @property
+    def input_channels(self) -> int:
+        """Channels of the input tensor (3; a detector that takes extra planes, such as a face mask, says more)."""
+        return 3
+
+    @property
     def head(self) -> str:
         return "sigmoid" if self.config.num_classes == 1 else "softmax"
 

@@ -56,11 +56,13 @@ class DataSection:
 
 @dataclass
 class OptimSection:
+    name: str = "adam"  # adam | adamw
     lr: float = 2e-4
     weight_decay: float = 1e-5
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     step_size: int = 22500  # StepLR stepped every iteration: x gamma every step_size iterations
+    step_epochs: float | None = None  # instead of step_size: x gamma every this many training epochs
     gamma: float = 0.5
     warmup_steps: int = 0  # linear warm-up (off in the official config)
 
@@ -136,6 +138,7 @@ class TrainConfig:
         return detector
 
 
+OPTIMIZERS = ("adam", "adamw")
 SELECT_METRICS = {"auc": True, "acc": True, "ap": True, "log_loss": False, "eer": False}  # name -> higher is better
 
 
@@ -228,7 +231,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("data.manifest is not set (the manifest written by `recce extract` or `recce synth`)")
     from recce.engine.runtime import AMP_MODES
 
-    choices = {"train.amp": (t.amp, AMP_MODES)}
+    choices = {"train.amp": (t.amp, AMP_MODES), "optim.name": (config.optim.name, OPTIMIZERS)}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
