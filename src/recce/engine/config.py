@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,11 +202,23 @@ def _apply(config: TrainConfig, values: dict[str, Any], source: str) -> None:
             setattr(section, key, value)
 
 
+def _moved_config(path: Path) -> Path:
+    """Configs moved to configs/<detector>/<dataset>.yaml: the old flat names still work, with a warning."""
+    if path.exists():
+        return path
+    detector, _, rest = path.stem.partition("_")
+    for moved in (path.parent / detector / f"{rest}{path.suffix}", path.parent / "recce" / path.name):
+        if rest and moved.is_file():
+            print(f"recce: {path} moved to {moved}; the old name is deprecated", file=sys.stderr)
+            return moved
+    return path
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """The paper's defaults, then the YAML file (with its bases), then `section.key=value` overrides."""
     config = TrainConfig()
     if path is not None:
-        _apply(config, _read_yaml(Path(path).resolve()), str(path))
+        _apply(config, _read_yaml(_moved_config(Path(path)).resolve()), str(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
