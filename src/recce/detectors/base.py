@@ -106,7 +106,9 @@ def build_dataclass(kind: type, values: Mapping[str, Any], what: str) -> Any:
     except DetectorConfigError:
         raise
     except (TypeError, ValueError) as error:
-        raise DetectorConfigError(f"{what}: {error}") from None
+        message = str(error)  # a field's own check names it first: say "model.aggregation must be ..."
+        joined = f"{what}.{message}" if message.split(" ", 1)[0] in known else f"{what}: {message}"
+        raise DetectorConfigError(joined) from None
 
 
 @dataclass(frozen=True)
