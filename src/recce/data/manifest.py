@@ -57,16 +57,17 @@ def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def read(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read and validate a manifest; adds `abspath`, the crop's absolute path, when `path` is read.
+    """Read and validate a manifest; adds `abspath`, the crop's absolute path.
 
-    `columns` reads only those (in canonical order), for a summary that needs no paths; the file must still hold
-    every manifest column.
+    `columns` reads only those (in canonical order; `abspath` only when listed), e.g. for a summary that needs
+    no paths; the file must still hold every manifest column.
     """
     path = Path(path)
-    frame = _read_columns(path, list(COLUMNS) if columns is None else [c for c in COLUMNS if c in columns])
-    if "path" in frame:
+    wanted = list(COLUMNS) + ["abspath"] if columns is None else list(columns)
+    frame = _read_columns(path, [c for c in COLUMNS if c in wanted or (c == "path" and "abspath" in wanted)])
+    if "abspath" in wanted:
         frame["abspath"] = absolute_paths(frame["path"], path.resolve().parent)
-    return frame
+    return frame[[c for c in (*COLUMNS, "abspath") if c in wanted]]
 
 
 def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
