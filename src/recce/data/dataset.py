@@ -99,9 +99,9 @@ class ManifestDataset(Dataset):
 
     Only the columns training and scoring use are kept (`COLUMNS`), compactly: crop paths as one Arrow string
     buffer with the manifest's folder held once, repeated strings as categorical codes, numbers as small
-    integers, about 80 bytes a DFDC row (benchmarks/scale.py). `frame` rebuilds those columns as a DataFrame on
-    demand. Every process of a distributed run holds all rows: the training sampler draws each rank's share
-    from a permutation of the whole epoch.
+    integers: about 70 bytes a DFDC row (benchmarks/scale.py). `frame` rebuilds those columns (not the face box,
+    detector or its score) as a DataFrame on demand. Every process of a distributed run holds all rows: the
+    training sampler draws each rank's share from a permutation of the whole epoch.
     """
 
     COLUMNS = ("path", "dataset", "split", "video", "frame", "label", "method", "compression")
@@ -140,7 +140,7 @@ class ManifestDataset(Dataset):
         self._keys = _Strings(frame["path"], categorical=False)
         self._abspaths = None
         if root is None:
-            self._abspaths = _Strings(frame["abspath"] if "abspath" in frame else frame["path"], categorical=False)
+            self._abspaths = _Strings(frame["abspath"], categorical=False) if "abspath" in frame else self._keys
         self._labels = frame["label"].to_numpy(dtype=np.int8)
         self._frames = frame["frame"].to_numpy(dtype=np.int32)
         self._meta = {c: _Strings(frame[c], categorical=True) for c in META_COLUMNS if c != "frame"}
@@ -164,7 +164,8 @@ class ManifestDataset(Dataset):
     @property
     def nbytes(self) -> int:
         """Bytes held for the rows (paths, codes, numbers): what each training process keeps of the manifest."""
-        columns = [self._keys, *self._meta.values(), *([self._abspaths] if self._abspaths else [])]
+        separate = self._abspaths is not None and self._abspaths is not self._keys
+        columns = [self._keys, *self._meta.values(), *([self._abspaths] if separate else [])]
         return sum(c.nbytes for c in columns) + self._labels.nbytes + self._frames.nbytes
 
     def path(self, index: int) -> str:
