@@ -113,7 +113,7 @@ def test_vectorised_weighted_auc_equals_sklearn_with_sample_weights(
 ) -> None:
     labels, scores = scored
     weights = np.random.default_rng(1).integers(0, 4, size=(5, labels.size))
-    got = M._weighted_aucs(weights, np.arange(labels.size), M._rank_pairs(labels, scores))
+    got = M._weighted_aucs(weights, M._rank_pairs(labels, scores, np.arange(labels.size)))
     expected = [sk_metrics.roc_auc_score(labels, scores, sample_weight=w) for w in weights]
     np.testing.assert_allclose(got, expected, atol=1e-12)
 

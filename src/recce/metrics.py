@@ -114,37 +114,38 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
 class _RankedPairs(NamedTuple):
     """Where each positive's score falls among the negatives, sorted once: all that a resample's AUC reads."""
 
-    negatives: np.ndarray  # sample indices of the negatives in score order (stable)
-    positives: np.ndarray  # sample indices of the positives
+    negative_units: np.ndarray  # the unit of each negative, negatives in score order (stable)
+    positive_units: np.ndarray  # the unit of each positive
     below: np.ndarray  # per positive: negatives scoring strictly lower
     through: np.ndarray  # per positive: negatives scoring lower or equal
 
 
-def _rank_pairs(y: np.ndarray, s: np.ndarray) -> _RankedPairs:
+def _rank_pairs(y: np.ndarray, s: np.ndarray, unit_of_sample: np.ndarray) -> _RankedPairs:
     negatives = np.flatnonzero(y == 0)
     negatives = negatives[np.argsort(s[negatives], kind="stable")]
     positives = np.flatnonzero(y == 1)
     sorted_scores = s[negatives]
     below = np.searchsorted(sorted_scores, s[positives], side="left")
     through = np.searchsorted(sorted_scores, s[positives], side="right")
-    return _RankedPairs(negatives, positives, below, through)
+    return _RankedPairs(unit_of_sample[negatives], unit_of_sample[positives], below, through)
 
 
-def _weighted_aucs(unit_weights: np.ndarray, unit_of_sample: np.ndarray, pairs: _RankedPairs) -> np.ndarray:
+def _weighted_aucs(unit_weights: np.ndarray, pairs: _RankedPairs) -> np.ndarray:
     """AUC for each row of integer unit weights (a sample weighs its unit's weight), ties counting one half.
 
     Each positive adds its weight times the negative weight below its score plus half the tied one, read
-    from one cumulative sum over the negatives in score order. The weights are whole numbers, so every sum
-    is exact (in int64, as it was in float64 below 2**53) and the result does not depend on summation order.
+    from one cumulative sum over the negatives in score order. The weights are whole numbers and every sum
+    stays below 2**53 (up to about 10**8 samples), so the float64 sums are exact in any order.
     """
-    negative_weights = unit_weights[:, unit_of_sample[pairs.negatives]]
-    cumulative = np.zeros((unit_weights.shape[0], pairs.negatives.size + 1), dtype=np.int64)
+    negative_weights = np.take(unit_weights, pairs.negative_units, axis=1)
+    cumulative = np.zeros((unit_weights.shape[0], pairs.negative_units.size + 1))
     np.cumsum(negative_weights, axis=1, out=cumulative[:, 1:])
-    positive_weights = unit_weights[:, unit_of_sample[pairs.positives]]
-    twice_wins = (positive_weights * (cumulative[:, pairs.below] + cumulative[:, pairs.through])).sum(axis=1)
-    pairs_weight = positive_weights.sum(axis=1, dtype=np.int64) * cumulative[:, -1]
+    positive_weights = np.take(unit_weights, pairs.positive_units, axis=1).astype(np.float64)
+    lower_and_tied = np.take(cumulative, pairs.below, axis=1)
+    lower_and_tied += np.take(cumulative, pairs.through, axis=1)
+    twice_wins = np.einsum("ij,ij->i", positive_weights, lower_and_tied)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (twice_wins / 2) / pairs_weight
+        return (twice_wins / 2) / (positive_weights.sum(axis=1) * cumulative[:, -1])
 
 
 def bootstrap_auc_ci(
@@ -178,7 +179,7 @@ def bootstrap_auc_ci(
         if unit_of_sample.size != y.size:
             raise ValueError(f"groups has {unit_of_sample.size} entries for {y.size} labels")
     n_units = int(unit_of_sample.max()) + 1
-    pairs = _rank_pairs(y, s)
+    pairs = _rank_pairs(y, s, unit_of_sample)
     rng = np.random.default_rng(seed)
     chunk = max(1, BOOTSTRAP_CELLS_PER_CHUNK // max(y.size, n_units))
     aucs = []
@@ -186,7 +187,7 @@ def bootstrap_auc_ci(
         rows = min(chunk, n_boot - start)
         draws = rng.integers(0, n_units, size=(rows, n_units)) + n_units * np.arange(rows)[:, None]
         unit_counts = np.bincount(draws.ravel(), minlength=rows * n_units).reshape(rows, n_units)
-        aucs.append(_weighted_aucs(unit_counts.astype(np.int32), unit_of_sample, pairs))
+        aucs.append(_weighted_aucs(unit_counts.astype(np.int32), pairs))
     values = np.concatenate(aucs)
     values = values[np.isfinite(values)]
     if not values.size:
