@@ -5,7 +5,9 @@ Builds synthetic manifests in the project's schema, shaped like DFDC (32 frames 
 
 - `read`: `recce.data.manifest.read` (validated frame plus absolute paths);
 - `merge`: `manifest.merge` of the manifest split into 4 shard manifests in sibling folders;
-- `info`: `python -m recce manifest info M`, the whole command as a user runs it;
+- `info`: the `recce manifest info` command's work in-process, and `info-cli` the whole command in a new process:
+  `python -m recce manifest info M`, and the command's module alone (what a CLI importing only the chosen
+  command costs);
 - `evaluate`: `recce.metrics.evaluate_scores` with 1000 bootstrap resamples (frame CI clustered by video);
 - `dataset`: `ManifestDataset(M, splits=["train"])` construction, training start-up, with its bytes per row.
 
@@ -255,7 +257,7 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
             return manifest.merge(shards, out) if impl == "ours" else baseline_merge(shards, out)
         if step == "info":
             if impl == "baseline":
-                return print(baseline_info(path), file=open(os.devnull, "w"))  # noqa: SIM115
+                return baseline_info(path)  # the text the command printed
             with open(os.devnull, "w") as sink:
                 stdout, sys.stdout = sys.stdout, sink
                 try:
@@ -303,15 +305,25 @@ def measure(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dic
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_command(folder: Path, n_rows: int) -> dict:
-    """`python -m recce manifest info M` as a user runs it: wall time and the process's peak RSS."""
+LAZY_INFO = """
+import argparse, sys
+from recce.commands import manifest
+parser = argparse.ArgumentParser()
+manifest.add_arguments(parser)
+sys.exit(manifest.run(parser.parse_args(["info", sys.argv[1]])))
+"""
+
+
+def measure_command(folder: Path, n_rows: int, impl: str) -> dict:
+    """`manifest info` in a new process: wall time and that process's peak RSS.
+
+    "recce CLI" is `python -m recce manifest info M` as a user runs it; "module alone" imports only
+    `recce.commands.manifest`, what a CLI that imports just the chosen command would load.
+    """
     path = folder / f"{n_rows}" / "manifest.parquet"
+    how = ["-m", "recce", "manifest", "info"] if impl == "recce CLI" else ["-c", LAZY_INFO]
     start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "recce", "manifest", "info", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = subprocess.Popen([sys.executable, *how, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS
     seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -401,20 +413,22 @@ def main() -> int:
             prepare(folder, n_rows)
             for step in args.steps:
                 impls = ["ours"]
-                if step != "info-cli" and not args.no_baseline and n_rows <= args.baseline_max_rows:
+                if step == "info-cli":
+                    impls = ["recce CLI", "module alone"]
+                elif not args.no_baseline and n_rows <= args.baseline_max_rows:
                     impls.append("baseline")
                 results = {}
                 for impl in impls:
                     if step == "info-cli":
-                        results[impl] = measure_command(folder, n_rows)
+                        results[impl] = measure_command(folder, n_rows, impl)
                     else:
                         results[impl] = measure(step, impl, folder, n_rows, args.n_boot)
                     result = {k: v for k, v in results[impl].items() if k != "result"}
                     rows.append(
                         {"step": step, "impl": impl, "rows": n_rows, **result, "dataset_rows": result.get("rows")}
                     )
-                    print(f"{step:9s} {impl:8s} {n_rows:>9,} rows {result['seconds']:8.2f} s", flush=True)
-                if len(results) == 2:
+                    print(f"{step:9s} {impl:12s} {n_rows:>9,} rows {result['seconds']:8.2f} s", flush=True)
+                if "baseline" in results:
                     rows[-2]["check"] = check(step, results, folder, n_rows)
         print()
         print(table(rows))
