@@ -25,7 +25,6 @@ from recce.data.video import MediaError
 
 Perturbation = Callable[[np.ndarray, int], np.ndarray]
 META_COLUMNS = ("dataset", "split", "video", "frame", "method", "compression")
-ARROW_STRING = pd.StringDtype("pyarrow")
 
 
 def _common_root(frame: pd.DataFrame) -> str | None:
@@ -37,7 +36,7 @@ def _common_root(frame: pd.DataFrame) -> str | None:
     if not first_abspath.endswith(first_path) or not Path(root).is_absolute():
         return None
     joined = manifest.absolute_paths(frame["path"], root)
-    return root if bool((joined == frame["abspath"].astype(ARROW_STRING)).all()) else None
+    return root if bool((joined == frame["abspath"].astype(manifest.ARROW_STRING)).all()) else None
 
 
 def row_seed(path: str) -> int:
@@ -63,7 +62,7 @@ class _Strings:
     """
 
     def __init__(self, values: pd.Series, categorical: bool) -> None:
-        values = values.astype(ARROW_STRING)
+        values = values.astype(manifest.ARROW_STRING)
         if categorical:
             categories = pd.Categorical(values)
             self.codes = categories.codes
@@ -81,8 +80,8 @@ class _Strings:
 
     def series(self) -> pd.Series:
         if self.array is not None:
-            return pd.Series(pd.arrays.ArrowStringArray(self.array.cast(pa.large_string())), dtype=ARROW_STRING)
-        return pd.Series(pd.Categorical.from_codes(self.codes, self.categories)).astype(ARROW_STRING)
+            return pd.Series(pd.arrays.ArrowStringArray(self.array), dtype=manifest.ARROW_STRING)
+        return pd.Series(pd.Categorical.from_codes(self.codes, self.categories)).astype(manifest.ARROW_STRING)
 
     @property
     def nbytes(self) -> int:

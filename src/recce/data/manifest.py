@@ -30,6 +30,7 @@ COLUMNS: dict[str, str] = {
 }
 
 
+ARROW_STRING = pd.StringDtype("pyarrow")  # "string" with pandas >= 3: one buffer, no Python object per row
 _IRREGULAR_SEGMENT = r"(?:^|/)\.\.?(?:/|$)|//"  # a `.` or `..` segment, or an empty one
 
 
@@ -87,7 +88,7 @@ def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
 
 def absolute_paths(paths: pd.Series, root: str | os.PathLike) -> pd.Series:
     """`root`/path for each path, as one vectorised string join (the rare irregular path as pathlib joins it)."""
-    paths = paths.astype("string")
+    paths = paths.astype(ARROW_STRING)
     joined = (str(root).rstrip("/") + "/") + paths
     return _fix_irregular(joined, paths, lambda p: str(Path(root) / p))
 
@@ -146,6 +147,7 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> pd.Data
 
 def _rebased(paths: pd.Series, root: Path, out_root: Path) -> pd.Series:
     """Paths relative to `root` made relative to `out_root`: one prefix for all, as `os.path.relpath` gives."""
+    paths = paths.astype(ARROW_STRING)
     prefix = os.path.relpath(root, out_root)
     rebased = paths if prefix == os.curdir else (prefix + "/") + paths
     return _fix_irregular(rebased, paths, lambda p: os.path.relpath(os.path.join(root, p), out_root))
