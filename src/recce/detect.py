@@ -7,10 +7,12 @@ A file that cannot be read is reported with its reason and the run goes on.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
@@ -58,6 +60,13 @@ class FileResult:
             best[face.frame] = max(best.get(face.frame, 0.0), face.score)
         return best
 
+    def to_dict(self, threshold: float) -> dict:
+        """The `recce detect --json` record of this file (the web app serves the same schema)."""
+        data = asdict(self)
+        data["verdict"] = self.verdict(threshold)
+        data["frame_scores"] = {str(k): v for k, v in sorted(self.frame_scores().items())}
+        return data
+
 
 @dataclass(frozen=True)
 class DetectSettings:
@@ -75,6 +84,15 @@ class DetectSettings:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {self.aggregate!r}")
+
+
+def write_csv(results: Iterable[FileResult], threshold: float, stream: TextIO) -> None:
+    """One CSV row per file (`recce detect --csv`, and the web app's CSV download)."""
+    writer = csv.writer(stream)
+    writer.writerow(["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error", "warning"])
+    for r in results:
+        row = [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(threshold)]
+        writer.writerow([*row, r.error or "", r.warning or ""])
 
 
 def media_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from dataclasses import asdict
 
 from recce import checkpoints
 from recce.data.faces import build_detector
-from recce.detect import AGGREGATIONS, Detector, DetectSettings, FileResult
+from recce.detect import AGGREGATIONS, Detector, DetectSettings, FileResult, write_csv
 
 HELP = "score your own images, videos or folders of them with a RECCE checkpoint"
 
@@ -51,27 +49,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     results = detector.score_files(args.paths, args.save_masks, progress=not args.no_progress)
     if args.json:
-        print(json.dumps([_as_dict(r, args.threshold) for r in results], indent=2))
+        print(json.dumps([r.to_dict(args.threshold) for r in results], indent=2))
     elif args.csv:
-        _write_csv(results, args.threshold)
+        write_csv(results, args.threshold, sys.stdout)
     else:
         _print_table(results, args.threshold, faces.name)
     return 0
-
-
-def _as_dict(result: FileResult, threshold: float) -> dict:
-    data = asdict(result)
-    data["verdict"] = result.verdict(threshold)
-    data["frame_scores"] = {str(k): v for k, v in sorted(result.frame_scores().items())}
-    return data
-
-
-def _write_csv(results: list[FileResult], threshold: float) -> None:
-    writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error", "warning"])
-    for r in results:
-        row = [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(threshold)]
-        writer.writerow([*row, r.error or "", r.warning or ""])
 
 
 def _print_table(results: list[FileResult], threshold: float, detector_name: str) -> None:
