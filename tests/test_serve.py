@@ -134,8 +134,9 @@ def test_bad_files_get_clear_messages_without_server_paths(client, media, tmp_pa
     assert notes["result"]["verdict"] == "error"
     assert notes["result"]["error"].startswith("notes.mp4: not a readable video")
     truncated = wait(client, upload(client, media / "truncated.mp4").json()["id"])
-    assert truncated["result"]["verdict"] == "error" and "truncated.mp4: not a readable video" in (
-        truncated["result"]["error"]
+    assert (
+        truncated["result"]["verdict"] == "error"
+        and "truncated.mp4: not a readable video" in (truncated["result"]["error"])
     )
     hostile = wait(client, upload(client, media / "face.mp4", name="../../etc/evil.mp4").json()["id"])
     assert hostile["name"] == "evil.mp4" and hostile["result"]["path"] == "evil.mp4"

@@ -189,7 +189,7 @@ function svgElement(name, attributes, text) {
 
 // Per-frame score (highest face) against time, the threshold, and the sampled frames where no face was found.
 function timeline(result, line, threshold) {
-  const width = 760, height = 200, left = 46, right = 14, top = 14, bottom = 36;
+  const width = 760, height = 226, left = 54, right = 16, top = 14, bottom = 56;
   const x = line.fps > 0 ? (frame) => frame / line.fps : (frame) => frame;
   const last = Math.max(x(line.sampled[line.sampled.length - 1]), 1e-9);
   const px = (frame) => left + (x(frame) / last) * (width - left - right);
@@ -205,9 +205,10 @@ function timeline(result, line, threshold) {
     const value = (last * i) / 4;
     const at = left + (i / 4) * (width - left - right);
     const label = line.fps > 0 ? `${value.toFixed(1)} s` : `frame ${value.toFixed(0)}`;
-    svg.append(svgElement("text", { x: at, y: height - bottom + 16, "text-anchor": "middle" }, label));
+    svg.append(svgElement("text", { x: at, y: py(0) + 28, "text-anchor": "middle" }, label));
   }
-  svg.append(svgElement("text", { x: 4, y: top + 2, "dominant-baseline": "hanging" }, "P(fake)"));
+  const middle = py(0.5);
+  svg.append(svgElement("text", { x: 14, y: middle, transform: `rotate(-90 14 ${middle})`, "text-anchor": "middle" }, "P(fake)"));
   svg.append(svgElement("line", { class: "threshold", x1: left, y1: py(threshold), x2: width - right, y2: py(threshold) }));
   const points = Object.entries(result.frame_scores).map(([frame, score]) => [Number(frame), score]);
   points.sort((a, b) => a[0] - b[0]);
