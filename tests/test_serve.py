@@ -220,3 +220,10 @@ def test_results_expire_and_foreign_hosts_are_refused(scorer, media, tmp_path):
         assert client.get("/static/app.js").status_code == 200
         assert client.get("/api/models").json()["models"][0]["name"] == "tiny"
     assert not manager.root.exists(), "stopping the app deletes every upload and result"
+
+
+def test_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
+    (tmp_path / "notes.safetensors").write_text("not a checkpoint")
+    assert main(["serve", "--checkpoint", str(tmp_path / "notes.safetensors")]) == 2
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("recce serve: ") and "notes.safetensors" in out

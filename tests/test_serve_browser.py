@@ -1,7 +1,7 @@
-"""End to end: `python -m recce serve` in a subprocess, driven by headless Chromium through Selenium.
+"""End to end: `python -m recce serve` in a subprocess, through its HTTP API and in headless Chromium (Selenium).
 
-Uses the distribution's chromium and chromedriver (Debian: `apt-get install chromium chromium-driver`), so nothing
-is downloaded at run time. The page's screenshot is saved as a test artefact in the test's tmp folder.
+The browser test uses the distribution's chromium and chromedriver (Debian: `apt-get install chromium
+chromium-driver`), so nothing is downloaded at run time; it saves the page's screenshot in its tmp folder.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
+import httpx
 import pytest
 from media import write_face_video
 
@@ -24,14 +26,6 @@ from recce.models import Recce
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver"
-if CHROMIUM is None or not os.access(CHROMEDRIVER, os.X_OK):
-    pytest.skip(
-        "needs Chromium and its driver from the distribution (apt-get install chromium chromium-driver)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[test]')")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 FLAGS = (
     "--headless",
@@ -46,9 +40,10 @@ FLAGS = (
 )
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
     """The URL of a `recce serve` started on a free port; its temporary folder must be empty once it stopped."""
+    tmp_path = tmp_path_factory.mktemp("serve")
     checkpoint = checkpoints.save(Recce().eval(), tmp_path / "tiny.safetensors", extra={"input_size": 64})
     temp = tmp_path / "server-tmp"
     temp.mkdir()
@@ -81,6 +76,9 @@ def server(tmp_path):
 
 @pytest.fixture
 def browser(tmp_path):
+    if CHROMIUM is None or not os.access(CHROMEDRIVER, os.X_OK):
+        pytest.skip("needs Chromium and its driver from the distribution (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[test]')")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
@@ -101,8 +99,27 @@ def requested_urls(driver) -> list[str]:
     return urls
 
 
+def test_server_prints_its_url_and_scores_an_upload(server, tmp_path):
+    video = tmp_path / "clip.mp4"
+    write_face_video(video, n_frames=6)
+    with httpx.Client(base_url=server, timeout=60) as client:
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.get("/health", headers={"host": "rebound.example"}).status_code == 400
+        with video.open("rb") as file:
+            response = client.post("/api/jobs", files={"file": ("clip.mp4", file)})
+        assert response.status_code == 202
+        deadline = time.monotonic() + 120
+        while (job := client.get(response.json()["url"]).json())["status"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+    assert job["status"] == "done" and job["result"]["frames_with_face"] == 6 and job["panels"]
+
+
 @pytest.mark.slow
 def test_page_checks_a_video_in_chromium(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     video = tmp_path / "astronaut.mp4"
     write_face_video(video, n_frames=12, absent=(11,))
     (tmp_path / "notes.txt").write_text("not a video")
