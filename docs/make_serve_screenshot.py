@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -41,9 +42,9 @@ def main(checkpoint: str, out: Path = Path(__file__).parent / "serve.png") -> No
         driver.find_element(By.ID, "files").send_keys(str(video))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".job[data-verdict] img.panel"))
         wait.until(lambda d: d.execute_script("return [...document.images].every(i => i.complete)"))
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, min(height, 2400))
         driver.save_screenshot(str(out))
+        shot = Image.open(out).convert("RGB")  # 256 colours keep the PNG near 200 KB
+        shot.quantize(256, Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
         print(f"wrote {out}")
     finally:
         driver.quit()
