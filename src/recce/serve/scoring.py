@@ -115,6 +115,8 @@ class Scorer:
         min_face_score: float = 0.6,
         panels: int = 4,
     ) -> None:
+        if panels < 0:
+            raise ValueError(f"panels must be 0 or more, got {panels}")
         self.models = models
         self.settings = settings
         self.panels = panels
