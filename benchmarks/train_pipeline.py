@@ -6,8 +6,8 @@ astronaut) and a manifest over them, then, for each DataLoader worker count, bui
 
 (a) loader only: images/s that the Trainer's own DataLoader (`Trainer.train_loader`: ManifestDataset decode, resize,
     flip and normalise in the workers, EpochSampler, pinned memory on CUDA) delivers with no model;
-(b) model only: `Trainer.train_step` (the detector's training step, backward, optimiser, scheduler) on one batch already on the
-    device;
+(b) model only: `Trainer.train_step` (the detector's training step, backward, optimiser, scheduler) on one batch
+    already on the device;
 (c) end to end: `Trainer.train_step` fed by `Trainer.train_loader`, as `Trainer.run` does.
 
 End to end / model only near 1 means the model is kept busy; well below 1 means the input pipeline is the bottleneck.
