@@ -21,8 +21,6 @@ from recce.detect import (
     write_csv,
 )
 
-HELP = "score your own images, videos or folders of them with a trained detector's checkpoint"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image or video files, or folders of them")

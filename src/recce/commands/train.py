@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "train a detector from a YAML config, e.g. configs/recce/ffpp_c23.yaml (multi-GPU: torchrun ... -m recce train)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
