@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from recce.engine.train import train
 
+        logging.basicConfig(level=logging.WARNING, format="recce train: %(levelname)s: %(message)s")  # to stderr
         result = train(config, resume=bool(args.resume), stop_after=args.stop_after, progress=not args.no_progress)
     except (ConfigError, CheckpointError) as error:
         print(f"recce train: {error}", file=sys.stderr)
