@@ -82,6 +82,7 @@ INDEX_OPTIONS = (
 def run(args: argparse.Namespace) -> int:
     from recce.data.extract import ExtractError, ExtractSettings, extract, output_names, parse_shard
     from recce.data.indexers import DatasetLayoutError
+    from recce.locks import LockHeld
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sampling = "all" if args.all_frames else "every" if args.every is not None else "uniform"
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             shard=shard_range,
             progress=not args.no_progress,
         )
-    except (ExtractError, DatasetLayoutError, ValueError, OSError) as error:
+    except (ExtractError, DatasetLayoutError, LockHeld, ValueError, OSError) as error:
         print(f"recce extract: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

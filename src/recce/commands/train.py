@@ -6,6 +6,7 @@ import argparse
 
 from recce.checkpoints import CheckpointError
 from recce.engine.config import ConfigError, load_config
+from recce.locks import LockHeld
 
 HELP = "train RECCE with the paper's recipe from a YAML config (multi-GPU: torchrun --nproc_per_node N -m recce train)"
 
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.overrides)
         result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, LockHeld) as error:
         print(f"recce train: {error}")
         return 2
     if result.main_process:

@@ -43,6 +43,7 @@ from recce.data.faces.base import DETECTOR_NAMES
 from recce.data.faces.crop import EDGE_MODES
 from recce.data.indexers import MediaItem, index_dataset
 from recce.data.video import MediaError, media_length, read_media, sample_indices
+from recce.locks import OutputLock, die_with_parent
 
 logger = logging.getLogger("recce")
 
@@ -213,9 +214,10 @@ _worker: dict = {}
 
 
 def _init_worker(
-    settings: ExtractSettings, out: Path, device: str | None, batch_size: int, threads: int, pooled: bool
+    settings: ExtractSettings, out: Path, device: str | None, batch_size: int, threads: int, parent: int | None
 ) -> None:
-    if pooled:
+    if parent is not None:
+        die_with_parent(parent)  # a killed run must not leave workers writing into the folder
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
         cv2.setNumThreads(threads)
         torch.set_num_threads(threads)
@@ -351,12 +353,12 @@ def _process(
     batch_size: int,
 ) -> Iterator[ItemOutcome]:
     if workers == 0:
-        _init_worker(settings, out, device, batch_size, threads=0, pooled=False)
+        _init_worker(settings, out, device, batch_size, threads=0, parent=None)
         yield from map(_run_item, todo)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # safe with torch and CUDA, and the same on every OS
-    initargs = (settings, out, device, batch_size, threads, True)
+    initargs = (settings, out, device, batch_size, threads, os.getpid())
     with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(_run_item, todo, chunksize=1)
 
@@ -381,6 +383,17 @@ def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None
     return Collected(manifest=path, rows=len(combined), detectors=sorted(detectors), no_face=len(no_face_rows))
 
 
+def output_lock(out: Path, shard: tuple[int, int] | None) -> list[OutputLock]:
+    """Shards of one extraction run side by side (their items are disjoint); anything else needs the folder alone."""
+    if shard is None:
+        return [OutputLock(out, "recce extract")]
+    name = output_names(shard)["manifest"].removesuffix(".parquet")
+    return [
+        OutputLock(out, f"recce extract --shard {shard[0]}/{shard[1]}", shared=True),
+        OutputLock(out, f"recce extract --shard {shard[0]}/{shard[1]}", name=f".recce-{name}.lock"),
+    ]
+
+
 def extract(
     dataset: str,
     root: str | os.PathLike,
@@ -401,6 +414,30 @@ def extract(
     if workers < 0 or batch_size <= 0:
         raise ExtractError("workers must be >= 0 and batch size > 0")
     out = Path(out)
+    locks = output_lock(out, shard)
+    try:
+        for lock in locks:
+            lock.acquire()
+        return _extract_locked(
+            dataset, root, out, settings, index_options, workers, device, batch_size, shard, progress
+        )
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+def _extract_locked(
+    dataset: str,
+    root: str | os.PathLike,
+    out: Path,
+    settings: ExtractSettings,
+    index_options: dict | None,
+    workers: int,
+    device: str | None,
+    batch_size: int,
+    shard: tuple[int, int] | None,
+    progress: bool,
+) -> ExtractSummary:
     _check_settings(out, dataset, settings)
     _remove_stale_outputs(out, shard)
     result = index_dataset(dataset, Path(root), **(index_options or {}))

@@ -33,6 +33,7 @@ from recce.engine.config import SELECT_METRICS, ConfigError, TrainConfig
 from recce.engine.inference import score_frames
 from recce.engine.runtime import autocast, init_distributed, resolve_amp
 from recce.engine.sampler import EpochSampler
+from recce.locks import OutputLock
 from recce.losses import RecceLoss
 from recce.metrics import aggregate_videos, binary_metrics, json_safe
 
@@ -116,6 +117,7 @@ class Trainer:
         self.progress = progress
         self.context, self.device = init_distributed(config.train.device)
         self.out = Path(config.train.out)
+        self.lock = OutputLock(self.out, "recce train").acquire() if self.context.is_main else None
         self.train_set, self.val_set = load_datasets(config)
         state_path = self.out / "last.pt"
         if resume and not state_path.is_file():
@@ -370,6 +372,9 @@ class Trainer:
                 else:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+        except BaseException:
+            self.close()
+            raise
         finally:
             bar.close()
         finished = self.step >= t.steps
@@ -385,11 +390,12 @@ class Trainer:
         return TrainResult(self.out, self.step, finished, self.best, self.context.is_main)
 
     def close(self) -> None:
-        """Release the TensorBoard writer and the train.log handler."""
+        """Release the TensorBoard writer, the train.log handler and the run folder."""
         if self.context.is_main:
             self.writer.close()
             log.removeHandler(self._log_handler)
             self._log_handler.close()
+            self.lock.release()
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
