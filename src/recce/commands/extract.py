@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--workers", type=int, default=0, help="worker processes; 0 = in this process")
     output.add_argument("--shard", help="K/N: process only the K-th of N interleaved parts of the item list")
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images and video frames larger than this, before decoding (default 7680*4320, 8K)",
+    )
 
 
 INDEX_OPTIONS = (
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             shard=shard_range,
             progress=not args.no_progress,
+            **({"max_pixels": args.max_pixels} if args.max_pixels is not None else {}),
         )
     except (ExtractError, DatasetLayoutError, LockHeld, ValueError, OSError) as error:
         print(f"recce extract: {error}", file=sys.stderr)
