@@ -9,13 +9,19 @@ Output folder layout (O):
 - `manifest.parquet`, `failures.csv` (path, reason) and `no_face.csv` (frames where no face was kept);
   a shard K of N writes `manifest-shard-K-of-N.parquet`, `failures-shard-K-of-N.csv` and so on.
 
+A video id too long for a file name (over NAME_LIMIT bytes once quoted, e.g. 32 CJK characters) or with
+characters some file systems refuse names its part `#<sha256 of the id>.parquet` and its crops
+`crops/<dataset>/#hashed/<sha256>/`; the manifest keeps the id itself.
+
 Every file is written under a temporary name and renamed, so a kill at any moment leaves either the old
-state or the new one; crops of an unfinished item are deleted before the item is redone.
+state or the new one; crops of an unfinished item are deleted before the item is redone. One run writes an
+output folder at a time (a lock, see recce.locks), shards of one extraction excepted: their items are disjoint.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -55,6 +61,8 @@ NO_DETECTOR = "none"
 SAMPLING_MODES = ("uniform", "every", "all")
 IMAGE_FORMATS = ("png", "jpg")
 _CROP_FILE = re.compile(r"^\d{6,}\.(png|jpg)$|^\..+\.tmp$")
+NAME_LIMIT = 200  # bytes of a file or folder name; 255 is the common maximum, temporary names add some
+_UNPORTABLE = re.compile(r'[\x00-\x1f\x7f\\:*?"<>|]')  # refused by Windows or macOS file systems
 
 
 class ExtractError(ValueError):
@@ -152,13 +160,26 @@ def shard_items(items: Sequence[MediaItem], shard: tuple[int, int] | None) -> li
     return ordered[k - 1 :: n]
 
 
+def _digest(video: str) -> str:
+    return hashlib.sha256(video.encode("utf-8")).hexdigest()
+
+
 def part_path(out: Path, item: MediaItem) -> Path:
-    """The item's done-marker; percent-quoting keeps distinct video ids distinct as flat file names."""
-    return out / PARTS_DIR / item.dataset / f"{quote(item.video, safe='')}.parquet"
+    """The item's done-marker; percent-quoting keeps distinct video ids distinct as flat file names, and a hash
+    (after '#', which quoting never leaves) stands in for an id too long for a file name."""
+    name = quote(item.video, safe="")
+    if len(name) > NAME_LIMIT:
+        name = f"#{_digest(item.video)}"
+    return out / PARTS_DIR / item.dataset / f"{name}.parquet"
 
 
 def crop_dir(out: Path, item: MediaItem) -> Path:
-    return out / CROPS_DIR / item.dataset / item.video
+    parts = item.video.split("/")
+    portable = all(
+        part not in ("", ".", "..") and len(part.encode("utf-8")) <= NAME_LIMIT and not _UNPORTABLE.search(part)
+        for part in parts
+    )
+    return out / CROPS_DIR / item.dataset / (item.video if portable else f"#hashed/{_digest(item.video)}")
 
 
 def output_names(shard: tuple[int, int] | None) -> dict[str, str]:
