@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 COLUMNS: dict[str, str] = {
@@ -33,12 +34,30 @@ class ManifestError(ValueError):
     """A manifest file that cannot be used, with the file named in the message."""
 
 
-def to_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
+def check_labels(frame: pd.DataFrame, source: str | os.PathLike) -> None:
+    """Labels must be exactly 0 or 1: casting 0.7, 2 or 300 to int8 would train on silently wrong labels."""
+    labels = frame["label"]
+    numeric = pd.to_numeric(labels, errors="coerce") if labels.dtype == object else labels
+    try:
+        good = numeric.isin([0, 1]).to_numpy(dtype=bool)
+    except (TypeError, ValueError):  # a dtype isin cannot compare with numbers
+        good = np.zeros(len(labels), dtype=bool)
+    bad = np.flatnonzero(~good)
+    if len(bad):
+        value = labels.iloc[bad[0]]
+        shown = repr(value) if isinstance(value, str) else str(value)
+        raise ManifestError(
+            f"{source}: column 'label', row {bad[0]}: {shown} is not 0 (real) or 1 (fake) ({len(bad)} such row(s))"
+        )
+
+
+def to_frame(rows: Iterable[dict] | pd.DataFrame, source: str | os.PathLike = "manifest rows") -> pd.DataFrame:
     """Build a manifest frame with the canonical column order and dtypes."""
     frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows), columns=list(COLUMNS))
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        raise ManifestError(f"manifest rows lack columns: {', '.join(missing)}")
+        raise ManifestError(f"{source}: manifest rows lack columns: {', '.join(missing)}")
+    check_labels(frame, source)
     return frame[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
 
 
@@ -64,7 +83,7 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: not a recce manifest, missing columns {', '.join(missing)}")
-    frame = to_frame(frame)
+    frame = to_frame(frame, path)
     root = path.resolve().parent
     frame["abspath"] = [str(root / p) for p in frame["path"]]
     return frame
