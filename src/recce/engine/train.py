@@ -36,6 +36,7 @@ from recce.engine.sampler import EpochSampler
 from recce.locks import OutputLock
 from recce.losses import RecceLoss
 from recce.metrics import aggregate_videos, binary_metrics, json_safe
+from recce.weights import CheckpointError, load_torch_file
 
 log = logging.getLogger("recce")
 LOSS_NAMES = ("total", "classification", "flooded", "reconstruction", "metric")
@@ -159,6 +160,10 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best: dict[str, Any] | None = None
         self.writer = None
+        # the losses summed since the last log line: part of the state, so a resumed run logs what an
+        # uninterrupted one does whatever checkpoint_every and log_every are
+        self.loss_sums = torch.zeros(len(LOSS_NAMES), device=self.device)
+        self.loss_count = 0
         if resume:
             self._restore(state_path)
         if self.context.is_main:
@@ -209,9 +214,12 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         rng = [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [])
         all_rng = [rng]
+        loss_window = [(self.loss_sums.cpu(), self.loss_count)]
         if self.context.enabled:
             all_rng = [None] * self.context.world_size
             dist.all_gather_object(all_rng, [r.cpu() for r in rng])
+            loss_window = [None] * self.context.world_size
+            dist.all_gather_object(loss_window, (self.loss_sums.cpu(), self.loss_count))
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -221,6 +229,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "rng": all_rng,
+            "loss_window": loss_window,
             "best": json.dumps(json_safe(self.best)),
             "world_size": self.context.world_size,
         }
@@ -234,7 +243,16 @@ class Trainer:
             os.replace(tmp, path)
 
     def _restore(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """Load `last.pt`; a file that is not a training state of this run is one CheckpointError line."""
+        state = load_torch_file(path, mmap=False)
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = f"{error.__class__.__name__}: {lines[0] if lines else 'no message'}"
+            raise CheckpointError(f"{path}: not a training state this run can resume ({reason[:300]})") from None
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -244,6 +262,10 @@ class Trainer:
         if state["world_size"] != self.context.world_size:  # same samples consumed, counted in the new batches
             self.batch_in_epoch = self.batch_in_epoch * state["world_size"] // self.context.world_size
         if state["world_size"] == self.context.world_size:
+            if "loss_window" in state:  # absent from states written before it was kept
+                sums, count = state["loss_window"][self.context.rank]
+                self.loss_sums.copy_(sums)
+                self.loss_count = int(count)
             rng = state["rng"][self.context.rank]
             torch.set_rng_state(rng[0])
             if self.device.type == "cuda" and len(rng) > 1:
@@ -338,8 +360,7 @@ class Trainer:
         t = self.config.train
         last_step = t.steps if stop_after is None else min(t.steps, self.step + stop_after)
         self.model.train()
-        sums = torch.zeros(len(LOSS_NAMES), device=self.device)
-        count, tick = 0, time.perf_counter()
+        timed, tick = 0, time.perf_counter()
         bar = tqdm(
             total=t.steps,
             initial=self.step,
@@ -352,17 +373,19 @@ class Trainer:
                 self.sampler.set_position(self.epoch, self.batch_in_epoch)
                 for images, labels in self.train_loader():
                     losses = self.train_step(images, labels)
-                    sums += torch.stack([losses[n].detach() for n in LOSS_NAMES])
-                    count += 1
+                    self.loss_sums += torch.stack([losses[n].detach() for n in LOSS_NAMES])
+                    self.loss_count += 1
+                    timed += 1
                     self.step += 1
                     self.batch_in_epoch += 1
                     bar.update(1)
-                    if self.step % t.log_every == 0 or self.step == last_step:
-                        averages = sums.tolist()  # waits for the queued GPU work, so the rate below is true
-                        rate = count * t.batch_size * self.context.world_size / (time.perf_counter() - tick)
-                        self._log_losses(sums, averages, count, rate, bar)
-                        sums.zero_()
-                        count, tick = 0, time.perf_counter()
+                    if self.step % t.log_every == 0 or self.step == t.steps:  # a stop keeps its window open
+                        averages = self.loss_sums.tolist()  # waits for the queued GPU work, so the rate is true
+                        rate = timed * t.batch_size * self.context.world_size / (time.perf_counter() - tick)
+                        self._log_losses(self.loss_sums, averages, self.loss_count, rate, bar)
+                        self.loss_sums.zero_()
+                        self.loss_count = 0
+                        timed, tick = 0, time.perf_counter()
                     if self.val_set is not None and (self.step % t.val_every == 0 or self.step == t.steps):
                         self._validate_and_select()
                     if self.step % t.checkpoint_every == 0 or self.step == last_step:
