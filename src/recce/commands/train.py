@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from recce.checkpoints import CheckpointError
+from recce.data.video import MediaError
 from recce.engine.config import ConfigError, load_config
 from recce.locks import LockHeld
 
@@ -29,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
         result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
     except (ConfigError, CheckpointError, LockHeld) as error:
         print(f"recce train: {error}")
+        return 2
+    except MediaError as error:  # a crop; from a DataLoader worker the message carries the worker's traceback
+        reason = str(error).strip().splitlines()[-1].split("MediaError: ", 1)[-1]
+        print(f"recce train: {reason} (re-run recce extract or fix the manifest)")
         return 2
     if result.main_process:
         state = "finished" if result.finished else "stopped (continue with --resume)"
