@@ -34,21 +34,21 @@ class ManifestError(ValueError):
     """A manifest file that cannot be used, with the file named in the message."""
 
 
-def check_labels(frame: pd.DataFrame, source: str | os.PathLike) -> None:
-    """Labels must be exactly 0 or 1: casting 0.7, 2 or 300 to int8 would train on silently wrong labels."""
+def check_labels(frame: pd.DataFrame, source: str | os.PathLike) -> pd.Series:
+    """The labels as numbers, which must be exactly 0 or 1: casting 0.7, 2 or 300 to int8 would train on silently
+    wrong labels. Text labels are read as numbers ("1" is 1, "fake" is refused)."""
     labels = frame["label"]
-    numeric = pd.to_numeric(labels, errors="coerce") if labels.dtype == object else labels
-    try:
-        good = numeric.isin([0, 1]).to_numpy(dtype=bool)
-    except (TypeError, ValueError):  # a dtype isin cannot compare with numbers
-        good = np.zeros(len(labels), dtype=bool)
-    bad = np.flatnonzero(~good)
+    numeric = labels
+    if not (pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels)):
+        numeric = pd.to_numeric(labels.astype(object), errors="coerce")
+    bad = np.flatnonzero(~numeric.isin([0, 1]).to_numpy(dtype=bool))
     if len(bad):
         value = labels.iloc[bad[0]]
         shown = repr(value) if isinstance(value, str) else str(value)
         raise ManifestError(
             f"{source}: column 'label', row {bad[0]}: {shown} is not 0 (real) or 1 (fake) ({len(bad)} such row(s))"
         )
+    return numeric
 
 
 def to_frame(rows: Iterable[dict] | pd.DataFrame, source: str | os.PathLike = "manifest rows") -> pd.DataFrame:
@@ -57,7 +57,7 @@ def to_frame(rows: Iterable[dict] | pd.DataFrame, source: str | os.PathLike = "m
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{source}: manifest rows lack columns: {', '.join(missing)}")
-    check_labels(frame, source)
+    frame["label"] = check_labels(frame, source)
     return frame[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
 
 

@@ -261,15 +261,20 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
+def image_size(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
     """(width, height) from the image header (Pillow reads it without decoding), None for a format it lacks."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 return image.size
-    except Image.DecompressionBombError:
-        return (Image.MAX_IMAGE_PIXELS or 0) * 2 + 1, 1  # over Pillow's own bound: certainly too large
+    except Image.DecompressionBombError:  # over twice Pillow's own bound, which it checks before telling the size
+        bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if bound < max_pixels:
+            return None  # a limit above Pillow's: OpenCV reads the header, and the decoded size is checked
+        raise MediaError(
+            f"{path}: more than {bound} pixels is over the limit of {max_pixels} (raise it with --max-pixels)"
+        ) from None
     except (Image.UnidentifiedImageError, *DECODE_ERRORS):
         return None
 
@@ -278,7 +283,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     """Read an image file as RGB uint8 (grey and alpha images are converted to 3 channels)."""
     path = Path(path)
     _check_file(path)
-    size = image_size(path)
+    size = image_size(path, max_pixels)
     if size is not None:
         check_pixels(path, *size, max_pixels)
     try:
