@@ -30,8 +30,7 @@ class CheckpointError(ValueError):
 
 
 def is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
+    head = _head(path, 9)
     return len(head) == 9 and int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{"
 
 
@@ -40,6 +39,14 @@ def _check_exists(path: Path) -> None:
         raise CheckpointError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file")
+
+
+def _head(path: Path, size: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -63,8 +70,7 @@ def load_torch_file(path: str | os.PathLike, mmap: bool = True) -> Any:
     """
     path = Path(path)
     _check_exists(path)
-    with open(path, "rb") as f:
-        head = f.read(2)
+    head = _head(path, 2)
     if head == b"PK" and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: truncated or corrupt PyTorch checkpoint (its zip directory is missing)")
     if head not in (b"PK", b"\x80\x02"):  # torch.save zip archive, or the legacy pickle format
