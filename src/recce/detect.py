@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from recce.data.faces import FaceDetector, choose_face, crop_face
 from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, walk_files
-from recce.data.video import MAX_PIXELS, MediaError, probe, read_frames, read_image, sample_indices
+from recce.data.video import MAX_PIXELS, MediaError, last_line, probe, read_frames, read_image, sample_indices
 from recce.engine.inference import input_size, score_images
 
 AGGREGATIONS = {"mean": np.mean, "median": np.median, "max": np.max}
@@ -139,8 +139,7 @@ class Detector:
             result.error = str(error)
             return result, []
         except Exception as error:  # any library's failure on a hostile file is that file's, never the run's
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            result.error = f"{path}: {error.__class__.__name__} while reading ({lines[-1] if lines else 'no message'})"
+            result.error = f"{path}: {error.__class__.__name__} while reading ({last_line(error)})"
             return result, []
         if result.frames == 0:
             result.error, result.warning = result.warning or f"{path}: no frame could be decoded", None

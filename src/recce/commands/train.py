@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from recce.checkpoints import CheckpointError
-from recce.data.video import MediaError
+from recce.data.video import MediaError, last_line
 from recce.engine.config import ConfigError, load_config
 from recce.locks import LockHeld
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"recce train: {error}")
         return 2
     except MediaError as error:  # a crop; from a DataLoader worker the message carries the worker's traceback
-        reason = str(error).strip().splitlines()[-1].split("MediaError: ", 1)[-1]
+        reason = last_line(error).split("MediaError: ", 1)[-1]
         print(f"recce train: {reason} (re-run recce extract or fix the manifest)")
         return 2
     if result.main_process:

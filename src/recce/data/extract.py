@@ -49,7 +49,7 @@ from recce.data.faces import FaceDetector, build_detector, choose_face, crop_fac
 from recce.data.faces.base import DETECTOR_NAMES
 from recce.data.faces.crop import EDGE_MODES
 from recce.data.indexers import MediaItem, index_dataset
-from recce.data.video import MAX_PIXELS, MediaError, media_length, read_media, sample_indices
+from recce.data.video import MAX_PIXELS, MediaError, last_line, media_length, read_media, sample_indices
 from recce.locks import OutputLock, die_with_parent
 
 logger = logging.getLogger("recce")
@@ -314,14 +314,9 @@ def extract_item(
     except MediaError as error:
         failed = str(error)
     except Exception as error:  # any library's failure on a hostile file is that file's, never the run's
-        failed = f"{item.source}: {error.__class__.__name__} while extracting ({_last_line(error)})"
+        failed = f"{item.source}: {error.__class__.__name__} while extracting ({last_line(error)})"
     _clear_crops(folder)
     return ItemOutcome(source=str(item.source), failed=failed)
-
-
-def _last_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
 
 
 def _extract_item(

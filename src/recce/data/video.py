@@ -60,9 +60,14 @@ class PacketTable:
         return position if position < len(self.pts) and self.pts[position] == pts else None
 
 
+def last_line(error: BaseException) -> str:
+    """The line of a library's error that says what failed (OpenCV's messages span lines; the last one does)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else error.__class__.__name__
+
+
 def _media_error(path: Path, error: Exception, what: str = "video") -> MediaError:
-    lines = str(error).strip().splitlines()  # OpenCV's messages span lines; the last one says what failed
-    reason = getattr(error, "strerror", None) or (lines[-1] if lines else error.__class__.__name__)
+    reason = getattr(error, "strerror", None) or last_line(error)
     return MediaError(f"{path}: not a readable {what} ({reason})")
 
 
