@@ -171,4 +171,4 @@ def test_recce_models_lists_every_detector(capsys):
     assert main(["models", "recce", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["config"]["aggregation"] == "graph"
     assert main(["models", "nosuch"]) == 2
-    assert "unknown detector 'nosuch'" in capsys.readouterr().out
+    assert "unknown detector 'nosuch'" in capsys.readouterr().err

@@ -40,10 +40,11 @@ from recce.data.indexers.folder import index_folder
 from recce.data.indexers.wilddeepfake import index_wilddeepfake
 from recce.data.video import MediaError, read_frames, read_image
 from recce.detect import media_files
+from recce.detectors import Preprocess
+from recce.detectors.recce import Recce
 from recce.locks import LOCK_NAME, LockHeld, OutputLock
-from recce.models import Recce
 
-HAAR = ["--detector", "haar", "--frames", "2", "--no-progress"]
+HAAR = ["--face-detector", "haar", "--frames", "2", "--no-progress"]
 CJK_NAME = "東京の夜景と人々の笑顔が映る長い名前の動画ファイルです一二三四五六七八"  # 32 characters, 96 bytes
 PAYLOAD_MARK = "recce-payload-ran"
 
@@ -98,7 +99,7 @@ def one_line(text: str) -> str:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "recce.safetensors"
-    return checkpoints.save(Recce().eval(), path, extra={"input_size": 64})
+    return checkpoints.save(Recce(preprocess=Preprocess(64)).eval(), path)
 
 
 # ---------------------------------------------------------------------------------------------- locks
@@ -173,7 +174,17 @@ def test_killed_extract_leaves_no_workers_and_its_rerun_loses_nothing(capsys, tm
     for i in range(3):
         write_face_video(root / "real" / f"v{i}.mp4", n_frames=16, seed=i)
     write_face_video(root / "fake" / "f.mp4", n_frames=16, seed=9, photo="grace_hopper")
-    options = ["folder", "--root", str(root), "--out", str(out), "--detector", "haar", "--all-frames", "--no-progress"]
+    options = [
+        "folder",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--face-detector",
+        "haar",
+        "--all-frames",
+        "--no-progress",
+    ]
     first = subprocess.Popen([sys.executable, "-m", "recce", "extract", *options, "--workers", "1"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 90
@@ -203,7 +214,7 @@ def test_train_refuses_a_folder_in_use(capsys, tmp_path, tiny_manifest):
     with OutputLock(out, "recce train"):
         result = run_cli(capsys, "train", *TRAIN, f"data.manifest={tiny_manifest}", f"train.out={out}")
     assert result[0] == 2
-    assert f"in use by another run (recce train, pid {os.getpid()} on" in one_line(result[1])
+    assert f"in use by another run (recce train, pid {os.getpid()} on" in one_line(result[2])
     assert not (out / "metrics.jsonl").exists()
 
 
@@ -253,7 +264,7 @@ def test_extract_over_a_folder_of_bad_files_completes_and_lists_them(capsys, tmp
 def test_detect_over_a_folder_of_bad_files_scores_the_good_ones(capsys, tmp_path, checkpoint):
     root = tmp_path / "root"
     bad = _folder_with_bad_files(root)
-    options = ["--detector", "haar", "--frames", "2", "--csv", "--no-progress"]
+    options = ["--face-detector", "haar", "--frames", "2", "--csv", "--no-progress"]
     result = run_cli(capsys, "detect", str(root), "--checkpoint", str(checkpoint), *options)
     assert result[0] == 0, result[2]
     rows = pd.read_csv(io.StringIO(result[1])).set_index("path")
@@ -316,7 +327,7 @@ def test_directory_links_are_not_followed_and_a_file_is_indexed_once(tmp_path):
     assert len(result.items) == 2
     assert sum(reason == "link to a folder, not followed" for _, reason in result.skipped) == 1
     assert any("the same file as" in reason for _, reason in result.skipped)
-    found = list(media_files([tmp_path]))
+    found, _ = media_files([tmp_path])
     assert sorted(p.resolve().name for p in found) == ["a.mp4", "b.mp4"]
 
 
@@ -383,7 +394,7 @@ def test_compressed_torch_archive_refused_before_inflating(capsys, tmp_path):
     with pytest.raises(weights.CheckpointError, match=r"bomb.pth: refused, record .* is compressed"):
         weights.read_state_dict(bomb)
     result = run_cli(capsys, "convert", str(bomb), str(tmp_path / "out.safetensors"))
-    assert result[0] == 2 and "is compressed" in one_line(result[1])
+    assert result[0] == 2 and "is compressed" in one_line(result[2])
     assert weights.read_state_dict(plain)["fc.weight"].shape == (4_000_000,)
 
 
@@ -423,8 +434,10 @@ def test_forged_metadata_json_is_one_line():
 def test_pickle_renamed_safetensors_given_to_detect_is_one_line(capsys, tmp_path):
     renamed = _evil_pickle(tmp_path / "evil.safetensors", tmp_path / PAYLOAD_MARK)
     image = write_image(tmp_path / "face.png", face_photo())
-    result = run_cli(capsys, "detect", str(image), "--checkpoint", str(renamed), "--detector", "haar", "--no-progress")
-    assert result[0] == 2 and "evil.safetensors: not a recce .safetensors" in one_line(result[1])
+    result = run_cli(
+        capsys, "detect", str(image), "--checkpoint", str(renamed), "--face-detector", "haar", "--no-progress"
+    )
+    assert result[0] == 2 and "evil.safetensors: not a recce .safetensors" in one_line(result[2])
     assert not (tmp_path / PAYLOAD_MARK).exists()
 
 
@@ -468,7 +481,7 @@ def test_bad_labels_are_one_line_naming_file_column_and_row(capsys, tmp_path, ti
     frame.to_parquet(path)
     result = run_cli(capsys, "train", *TRAIN, f"data.manifest={path}", f"train.out={tmp_path / 'run'}")
     assert result[0] == 2
-    line = one_line(result[1])
+    line = one_line(result[2])
     assert f"{path}: column 'label', row 5:" in line and "is not 0 (real) or 1 (fake)" in line
 
 
@@ -477,7 +490,7 @@ def test_one_class_message_reports_the_real_counts(capsys, tmp_path, tiny_manife
     frame["label"] = 1
     path = manifest.write(frame, tmp_path / "fakes.parquet")
     result = run_cli(capsys, "train", *TRAIN, f"data.manifest={path}", f"train.out={tmp_path / 'run'}")
-    assert result[0] == 2 and "only one class (0 real, 12 fake frames)" in one_line(result[1])
+    assert result[0] == 2 and "only one class (0 real, 12 fake frames)" in one_line(result[2])
 
 
 @pytest.mark.parametrize(
@@ -491,7 +504,7 @@ def test_one_class_message_reports_the_real_counts(capsys, tmp_path, tiny_manife
 )  # fmt: skip
 def test_bad_configuration_values_are_one_line(capsys, tmp_path, tiny_manifest, override, message):
     result = run_cli(capsys, "train", *TRAIN, f"data.manifest={tiny_manifest}", f"train.out={tmp_path}", override)
-    assert result[0] == 2 and message in one_line(result[1])
+    assert result[0] == 2 and message in one_line(result[2])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -499,7 +512,7 @@ def test_cuda_device_without_a_gpu_is_one_line(capsys, tmp_path, tiny_manifest):
     result = run_cli(
         capsys, "train", *TRAIN, f"data.manifest={tiny_manifest}", f"train.out={tmp_path}", "train.device=cuda"
     )
-    assert result[0] == 2 and "no CUDA device is available" in one_line(result[1])
+    assert result[0] == 2 and "no CUDA device is available" in one_line(result[2])
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -518,7 +531,7 @@ def test_missing_or_corrupt_crop_during_training_is_one_line(capsys, tmp_path, t
     result = run_cli(capsys, "train", *TRAIN, f"data.manifest={path}", f"train.out={tmp_path / 'run'}",
                      "train.steps=2", f"data.workers={workers}")  # fmt: skip
     assert result[0] == 2
-    assert "crop is missing or not a readable image" in one_line(result[1])
+    assert "crop is missing or not a readable image" in one_line(result[2])
 
 
 def test_hostile_or_broken_last_pt_to_resume_is_one_line(capsys, tmp_path, tiny_manifest):
@@ -527,14 +540,14 @@ def test_hostile_or_broken_last_pt_to_resume_is_one_line(capsys, tmp_path, tiny_
     common = ("train", *TRAIN, f"data.manifest={tiny_manifest}", f"train.out={run}", "--resume")
     _evil_pickle(run / "last.pt", tmp_path / PAYLOAD_MARK)
     result = run_cli(capsys, *common)
-    assert result[0] == 2 and "last.pt: refused to load" in one_line(result[1])
+    assert result[0] == 2 and "last.pt: refused to load" in one_line(result[2])
     assert not (tmp_path / PAYLOAD_MARK).exists()
     (run / "last.pt").write_bytes(b"PK\x03\x04" + os.urandom(500))
     result = run_cli(capsys, *common)
-    assert result[0] == 2 and "last.pt: truncated or corrupt" in one_line(result[1])
+    assert result[0] == 2 and "last.pt: truncated or corrupt" in one_line(result[2])
     torch.save({"model": {"x": torch.zeros(1)}, "step": "three"}, run / "last.pt")
     result = run_cli(capsys, *common)
-    assert result[0] == 2 and "last.pt: not a training state this run can resume" in one_line(result[1])
+    assert result[0] == 2 and "last.pt: not a training state this run can resume" in one_line(result[2])
 
 
 def test_resume_logs_the_losses_of_the_uninterrupted_run(tmp_path, tiny_manifest):
@@ -545,7 +558,7 @@ def test_resume_logs_the_losses_of_the_uninterrupted_run(tmp_path, tiny_manifest
         options = [o for o in TRAIN if o != "--no-progress"]
         return load_config(None, [f"data.manifest={tiny_manifest}", f"train.out={out}", *options, "train.steps=4",
                                   "train.log_every=2", "train.checkpoint_every=3", "optim.lr=0.001",
-                                  "model.architecture=xception"])  # fmt: skip
+                                  "model.name=xception"])  # fmt: skip
 
     def losses(out: Path) -> dict[int, float]:
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         names = args.names or list_detectors()
         descriptions = [detector_class(name).describe() for name in names]
     except ValueError as error:
-        print(f"recce models: {error}")
+        print(f"recce models: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(descriptions, indent=2))
