@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from recce import checkpoints
@@ -194,6 +198,34 @@ def test_training_step_classifies_the_erased_batch_in_train_mode(small_model):
     losses["total"].backward()
     assert model.last_linear.weight.grad is not None and torch.isfinite(model.encoder.conv1.weight.grad).all()
     model.zero_grad(set_to_none=True)
+
+
+def _ddp_steps(rank: int, port: int, out: str) -> None:
+    """Two RFM steps on one rank of a gloo group: attention pass on the raw module, the real pass through DDP."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    wrapped = torch.nn.parallel.DistributedDataParallel(RFM())
+    torch.manual_seed(10 + rank)  # each rank its own images and draws
+    images, labels = _small_batch()
+    for _ in range(2):
+        wrapped.module.training_step(images, labels, wrapped, RFMLoss(erase_max=20))["total"].backward()
+    gathered = [torch.zeros(2, 2048) for _ in range(2)]
+    dist.all_gather(gathered, wrapped.module.last_linear.weight.grad)
+    if rank == 0:
+        torch.save(gathered, out)
+    dist.destroy_process_group()
+
+
+def test_training_step_under_ddp_reduces_gradients_across_ranks(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "grads.pt"
+    mp.spawn(_ddp_steps, args=(port, str(out)), nprocs=2)
+    first, second = torch.load(out, weights_only=True)
+    assert torch.equal(first, second) and first.abs().sum() > 0
 
 
 def test_default_draws_follow_torch_global_generator(small_model):
