@@ -147,8 +147,9 @@ class RFM(Detector):
     def attention_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eval-mode logits, FAM B x 1 x H x W in float32) without touching any parameter's .grad.
 
-        Runs on this (raw) module in eval mode and restores the previous mode; only the input's gradient is
-        computed (`torch.autograd.grad`), so DDP's gradient hooks never fire and works under autocast.
+        Runs on this (raw) module in eval mode, then restores the previous mode. Only the input's gradient is
+        computed (`torch.autograd.grad`), so DDP's gradient hooks never fire; under autocast it runs in the
+        autocast dtype. Called under `torch.no_grad()` too (by `explain`), hence `enable_grad`.
         """
         was_training = self.training
         self.eval()
