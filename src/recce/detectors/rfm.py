@@ -59,7 +59,7 @@ class Erasure(NamedTuple):
     images: torch.Tensor  # the erased input, B x 3 x H x W
     keep: torch.Tensor  # B x 1 x H x W bool, False where erased
     points: torch.Tensor  # B x blocks x 2: (row, column) each block was placed at; -1 where none was left
-    boxes: torch.Tensor  # B x blocks x 4: (top, bottom, left, right), ends exclusive
+    boxes: torch.Tensor  # B x blocks x 4: (top, bottom, left, right), ends exclusive; -1 where none was placed
 
 
 def draw_blocks(batch: int, blocks: int, block_max: int, draws: Draws) -> torch.Tensor:
@@ -109,7 +109,7 @@ def erase_regions(
         keep &= ~(in_rows[:, :, None] & in_cols[:, None, :]).reshape(batch, -1)
         walked = index + 1
         points.append(torch.where(found, torch.cat([r, c], 1), -1))
-        boxes.append(torch.cat([top, bottom, left, right], 1))
+        boxes.append(torch.where(found, torch.cat([top, bottom, left, right], 1), -1))
     keep = keep.reshape(batch, 1, height, width)
     if noise is None:
         noise = torch.rand_like(images, memory_format=torch.contiguous_format)
