@@ -40,7 +40,9 @@ class FixedPadConv2d(nn.Conv2d):
             conv.bias is not None,
         )
         self.load_state_dict(conv.state_dict())
-        self.pad = tuple(p for k, s in zip(conv.kernel_size[::-1], conv.stride[::-1]) for p in _fixed_pad(k, s))
+        self.pad = tuple(
+            p for k, s in zip(conv.kernel_size[::-1], conv.stride[::-1], strict=True) for p in _fixed_pad(k, s)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, self.pad))
