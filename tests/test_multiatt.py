@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from recce import checkpoints
@@ -31,8 +32,8 @@ GRADIENTS = {  # golden (official) name -> ours
 }
 
 
-def close(actual, expected):
-    torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-4, atol=1e-5)
+def close(actual, expected, atol=1e-5):
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-4, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,10 @@ def test_eval_matches_the_authors_code(golden, official_state, one_torch_thread)
         out = model.features(golden["input.x"])
         output = model(golden["input.x"])
     for tap in ("b2", "b5", "final"):
-        close(out[tap], golden[f"eval.layers.{tap}"])
+        # Deep in the backbone, float32 rounding alone (it moves with the thread count: 3.4e-5 on one thread,
+        # 2.7e-5 on two) exceeds 1e-5 on near-zero elements of b5 (largest 8.8): atol is scaled to the map here.
+        expected = golden[f"eval.layers.{tap}"]
+        close(out[tap], expected, atol=1e-5 * max(1.0, expected.abs().max().item()))
     close(out["attention"], golden["eval.attention_maps"])
     close(out["textures"][0], golden["eval.texture_feature_maps_b0"])  # the M texture maps of the first image
     close(out["local"], golden["eval.texture_feature_maps_d"])
@@ -220,25 +224,29 @@ def test_centres_are_saved_and_move_only_in_training(tmp_path):
     assert loaded.auxiliary_loss.alpha.item() == pytest.approx(0.05 * 0.9**2)
 
 
-def _centre_worker(rank: int, port: int, path: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        module = RegionalIndependence(2, 3, 0.5).train()
-        features = torch.full((1, 2, 3), float(rank + 1))  # rank 0 sees ones, rank 1 twos; both real
-        module(features, torch.tensor([0]), MultiAttLoss())
-        torch.save(module.feature_centers, f"{path}.{rank}")
-    finally:
-        torch.distributed.destroy_process_group()
+PEER = """
+import sys, torch, torch.distributed as dist
+dist.init_process_group("gloo", init_method=sys.argv[1], rank=1, world_size=2)
+dist.all_reduce(torch.full((2, 3), 1.0))  # the moved centres the peer's module would contribute
+dist.destroy_process_group()
+"""
 
 
-def test_centres_are_averaged_across_processes(tmp_path):
+def test_centres_are_averaged_across_processes():
+    """Under torch.distributed the moved centres are averaged over the processes (the peer only needs torch)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_centre_worker, args=(port, str(tmp_path / "c")), nprocs=2)
-    for rank in (0, 1):
-        centres = torch.load(f"{tmp_path / 'c'}.{rank}", weights_only=True)
-        torch.testing.assert_close(centres, torch.full((2, 3), 0.5 * (1 + 2) / 2))  # mean of 0.5 and 1.0
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    peer = subprocess.Popen([sys.executable, "-c", PEER, address])
+    try:
+        torch.distributed.init_process_group("gloo", init_method=address, rank=0, world_size=2)
+        module = RegionalIndependence(2, 3, 0.5).train()
+        module(torch.ones(1, 2, 3), torch.tensor([0]), MultiAttLoss())  # moves its centres to 0.5
+        torch.testing.assert_close(module.feature_centers, torch.full((2, 3), 0.75))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        assert peer.wait(timeout=120) == 0
 
 
 def test_stage_one_initialises_stage_two_through_init_from(tmp_path):

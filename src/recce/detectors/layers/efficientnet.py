@@ -132,12 +132,13 @@ def load_advprop_weights(net: nn.Module, path: str | os.PathLike) -> None:
     if is_official(state):
         state = official_to_timm(state, net)
     own = net.state_dict()
-    given = {k: v for k, v in state.items() if _backbone_key(k)}
-    problem = mismatch({k: v for k, v in own.items() if _backbone_key(k)}, given)
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    problem = mismatch(_weights_only(own), _weights_only(state))
     if problem:
         raise CheckpointError(f"{path}: not EfficientNet-B4 ImageNet weights: {problem}")
-    net.load_state_dict({k: v.to(own[k].dtype) for k, v in given.items()}, strict=False)
+    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own}, strict=False)
 
 
-def _backbone_key(key: str) -> bool:
-    return not key.startswith("classifier.") and not key.endswith("num_batches_tracked")
+def _weights_only(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Without the classifier and the BN batch counters (ImageNet files may or may not hold either)."""
+    return {k: v for k, v in state.items() if not k.startswith("classifier.") and not k.endswith("num_batches_tracked")}
