@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recce import checkpoints
+from recce.cli import main
 from recce.detectors import create_detector
 from recce.detectors.layers.efficientnet import FixedPadConv2d, build_b4, run_b4
 from recce.detectors.multiatt import MultiAtt, MultiAttLoss, RegionalIndependence, weighted_mean
@@ -256,6 +257,11 @@ def test_stage_one_initialises_stage_two_through_init_from(tmp_path):
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     terms = stage1.train().training_step(x, torch.tensor([0, 1]), stage1, MultiAttLoss())
     assert set(terms) == {"total", "classification"} and torch.isfinite(terms["total"])
+    with torch.no_grad():
+        output = stage1.eval()(x)
+    bias = stage1.net.classifier.bias
+    gap = output.maps["attention"].mean((1, 2, 3)) + bias[1] - bias[0]  # class activation map: mean = logit gap
+    close(gap, output.logits[:, 1] - output.logits[:, 0])
     path = checkpoints.save(stage1, tmp_path / "best.safetensors")
     config = TrainConfig(model=ModelSection(name="multiatt", init_from=str(path)))
     stage2 = build_model(config)
@@ -288,6 +294,20 @@ def test_full_training_step_runs_at_small_size():
     assert model.net.conv_stem.weight.grad.abs().sum() > 0
     no_agda = model.training_step(x, torch.tensor([0, 1]), model, MultiAttLoss(agda_weight=0.0))
     assert set(no_agda) == {"total", "classification", "regional", "intra", "inter"}
+
+
+def test_convert_an_authors_checkpoint_file(tmp_path, official_state, golden, capsys):
+    """`recce convert --detector multiatt ckpt_N.pth`: the authors' dict (logs, state_dict, optimiser state)."""
+    source = tmp_path / "ckpt_49.pth"
+    optimizer = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
+    torch.save({"logs": {"epoch": 49}, "state_dict": official_state, "optimizer_state": optimizer}, source)
+    assert main(["convert", "--detector", "multiatt", str(source), str(tmp_path / "m.safetensors")]) == 0
+    assert "multiatt, 2 output(s), input size 380" in capsys.readouterr().out
+    model = checkpoints.load(tmp_path / "m.safetensors")
+    with torch.no_grad():
+        close(model.eval()(golden["input.x"]).logits, golden["eval.logits"])
+    assert main(["convert", "--detector", "multiatt", "--num-classes", "1", str(source), str(tmp_path / "x")]) == 2
+    assert "the head has 2 outputs, but num_classes=1 was asked" in capsys.readouterr().err
 
 
 def test_imports_an_authors_first_stage_file(official_state, golden):

@@ -260,7 +260,11 @@ def _deepfakebench(state: Mapping[str, torch.Tensor]) -> bool:
 
 @register_detector
 class MultiAtt(Detector):
-    """MultiAtt. `forward(x)` takes images normalised to [-1, 1]; maps["attention"] is the mean of the M maps."""
+    """MultiAtt. `forward(x)` takes images normalised to [-1, 1]; maps["attention"] is the mean of the M maps.
+
+    At `stage: backbone` (no attention maps yet) maps["attention"] is the class activation map of B4's classifier:
+    the (fake - real) logit contribution of each position, whose spatial mean plus the bias gap is the logit gap.
+    """
 
     name = "multiatt"
     Config = MultiAttConfig
@@ -335,8 +339,11 @@ class MultiAtt(Detector):
 
     def forward(self, x: torch.Tensor) -> DetectorOutput:
         out = self.features(x)
-        if self.config.stage == "backbone":
-            return DetectorOutput(out["logits"], {}, {})
+        if self.config.stage == "backbone":  # no attention maps yet: the class activation map of B4's classifier
+            weight = self.net.classifier.weight
+            direction = weight[-1] - weight[0] if len(weight) == 2 else weight[0]
+            activation = torch.einsum("c,bchw->bhw", direction.to(out["final"].dtype), out["final"])[:, None]
+            return DetectorOutput(out["logits"], {"attention": activation}, {})
         attention = out["attention"]
         maps = {"attention": attention.mean(1, keepdim=True)}
         return DetectorOutput(out["logits"], maps, {"attention_maps": attention, "regional": out["regional"]})
@@ -438,7 +445,9 @@ class MultiAtt(Detector):
         if stage == "full":
             options.setdefault("num_attentions", state["attentions.conv2.weight"].shape[0])
             options.setdefault("mid_dims", head.shape[1])
-        options.setdefault("num_classes", head.shape[0])
+        asked = options.setdefault("num_classes", head.shape[0])
+        if asked != head.shape[0]:
+            raise CheckpointError(f"{source}: the head has {head.shape[0]} outputs, but num_classes={asked} was asked")
         try:
             model = cls(stage=stage, **options)
         except ValueError as error:
