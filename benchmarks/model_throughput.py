@@ -23,10 +23,10 @@ from pathlib import Path
 
 import timm
 import torch
-
-from recce.losses import RecceLoss
 from recce.models import Recce, Xception
 from recce.models.xception import run_stage
+
+from recce.losses import RecceLoss
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module]]] = {

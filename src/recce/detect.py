@@ -7,10 +7,12 @@ A file that cannot be read is reported with its reason and the run goes on.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
@@ -22,6 +24,7 @@ from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from recce.data.video import MediaError, probe, read_frames, read_image, sample_indices
 from recce.engine.inference import preprocess_of, score_images
 
+CSV_META = ("detector", "checkpoint", "threshold", "recce_version", "created")
 AGGREGATIONS = {"mean": np.mean, "median": np.median, "max": np.max}
 
 
@@ -58,6 +61,13 @@ class FileResult:
             best[face.frame] = max(best.get(face.frame, 0.0), face.score)
         return best
 
+    def to_dict(self, threshold: float) -> dict:
+        """The `recce detect --json` record of this file (the web app serves the same schema)."""
+        data = asdict(self)
+        data["verdict"] = self.verdict(threshold)
+        data["frame_scores"] = {str(k): v for k, v in sorted(self.frame_scores().items())}
+        return data
+
 
 @dataclass(frozen=True)
 class DetectSettings:
@@ -77,15 +87,30 @@ class DetectSettings:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {self.aggregate!r}")
 
 
-def media_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """The given files, and the image/video files inside given folders (recursively, sorted)."""
+def write_csv(results: Iterable[FileResult], threshold: float, stream: TextIO, meta: dict | None = None) -> None:
+    """One CSV row per file (`recce detect --csv`, the web app's CSV); `meta` adds what produced them."""
+    extra = [key for key in CSV_META if meta and key in meta]
+    writer = csv.writer(stream)
+    writer.writerow(
+        ["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error", "warning", *extra]
+    )
+    for r in results:
+        row = [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(threshold)]
+        writer.writerow([*row, r.error or "", r.warning or "", *(meta[key] for key in extra)])
+
+
+def media_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """(files to score, files skipped): the given files, and the image/video files inside given folders
+    (recursively, sorted); the other files of those folders are skipped (and reported by the caller)."""
+    files, skipped = [], []
     for path in map(Path, paths):
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-                    yield child
-        else:
-            yield path
+        if not path.is_dir():
+            files.append(path)
+            continue
+        for child in sorted(path.rglob("*")):
+            if child.is_file():
+                (files if child.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS else skipped).append(child)
+    return files, skipped
 
 
 def media_kind(path: Path) -> str:
@@ -157,9 +182,10 @@ class MediaScorer:
         return result, list(zip(crops, maps, strict=True)) if keep_crops else []
 
     def score_files(
-        self, paths: Iterable[str | os.PathLike], masks_dir: str | os.PathLike | None = None, progress: bool = True
+        self, files: Iterable[str | os.PathLike], masks_dir: str | os.PathLike | None = None, progress: bool = True
     ) -> list[FileResult]:
-        files = list(media_files(paths))
+        """Score each file (see `media_files` for folders); a file that fails is a result with its error."""
+        files = list(files)
         results = []
         for path in tqdm(files, desc="detect", unit="file", disable=not progress):
             result, crops = self.score_file(path, keep_crops=masks_dir is not None)
@@ -167,6 +193,50 @@ class MediaScorer:
                 _save_masks(Path(masks_dir), len(results), result, crops)
             results.append(result)
         return results
+
+
+def run_metadata(checkpoint: str | os.PathLike, model: nn.Module, face_detector: str, threshold: float) -> dict:
+    """What produced a set of results: checkpoint (and its SHA-256), detector, threshold, versions, time."""
+    import hashlib
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    from recce import __version__
+
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": digest.hexdigest(),
+        "detector": getattr(model, "name", type(model).__name__),
+        "input_size": preprocess_of(model).input_size,
+        "face_detector": face_detector,
+        "threshold": threshold,
+        "recce_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def checkpoint_warnings(provenance: dict) -> list[str]:
+    """Why a checkpoint's scores on real media may mean little, read from its provenance."""
+    warnings = []
+    if "synthetic" in (provenance.get("trained_on") or []):
+        warnings.append(
+            "this checkpoint was trained on the synthetic benchmark (cartoon faces): its scores on real media mean "
+            "nothing (`recce weights` lists published weights)"
+        )
+    if provenance.get("input_size_assumed"):
+        warnings.append(
+            "the input size these weights were trained at is unknown (converted without --input-size); the "
+            "detector's native size is assumed"
+        )
+    return warnings
 
 
 def _until_error(frames: Iterator[tuple[int, np.ndarray]], result: FileResult) -> Iterator[tuple[int, np.ndarray]]:

@@ -21,10 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("manifest", help="manifest to describe")
 
 
+SUMMARY_COLUMNS = ("dataset", "split", "label", "method", "video")
+
+
 def describe(frame: pd.DataFrame) -> pd.DataFrame:
-    """Crops and videos per dataset, split, label and method."""
+    """Crops and videos per dataset, split, label and method (group-bys over Arrow strings, no per-row objects)."""
     grouped = frame.groupby(["dataset", "split", "label", "method"], observed=True, sort=True)
-    return grouped.agg(crops=("path", "size"), videos=("video", "nunique")).reset_index()
+    return grouped.agg(crops=("video", "size"), videos=("video", "nunique")).reset_index()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             merged = manifest.merge(args.inputs, args.out)
             print(f"{args.out}: {len(merged)} crops from {len(args.inputs)} manifests")
             return 0
-        frame = manifest.read(args.manifest)
+        frame = manifest.read(args.manifest, columns=SUMMARY_COLUMNS)  # paths are not needed
     except manifest.ManifestError as error:
         print(f"recce manifest: {error}", file=sys.stderr)
         return 2

@@ -6,10 +6,11 @@ Crop paths are stored relative to the manifest's folder so a manifest and its cr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 COLUMNS: dict[str, str] = {
     "path": "string",  # crop file, relative to the manifest's folder
@@ -27,6 +28,10 @@ COLUMNS: dict[str, str] = {
     "score": "float32",  # detector confidence (1.0 for already-cropped inputs)
     "detector": "string",  # retinaface-mobilenet0.25, retinaface-resnet50, haar, none, synthetic
 }
+
+
+ARROW_STRING = pd.StringDtype("pyarrow")  # "string" with pandas >= 3: one buffer, no Python object per row
+_IRREGULAR_SEGMENT = r"(?:^|/)\.\.?(?:/|$)|//"  # a `.` or `..` segment, or an empty one
 
 
 class ManifestError(ValueError):
@@ -52,22 +57,51 @@ def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def read(path: str | os.PathLike) -> pd.DataFrame:
-    """Read and validate a manifest; adds `abspath`, the crop's absolute path."""
+def read(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read and validate a manifest; adds `abspath`, the crop's absolute path.
+
+    `columns` reads only those (in canonical order; `abspath` only when listed), e.g. for a summary that needs
+    no paths; the file must still hold every manifest column.
+    """
     path = Path(path)
+    wanted = list(COLUMNS) + ["abspath"] if columns is None else list(columns)
+    frame = _read_columns(path, [c for c in COLUMNS if c in wanted or (c == "path" and "abspath" in wanted)])
+    if "abspath" in wanted:
+        frame["abspath"] = absolute_paths(frame["path"], path.resolve().parent)
+    return frame[[c for c in (*COLUMNS, "abspath") if c in wanted]]
+
+
+def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The manifest's `columns` with canonical dtypes, or a ManifestError naming the file and the problem."""
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
-        frame = pd.read_parquet(path)
+        names = pq.read_schema(path).names
+        missing = [c for c in COLUMNS if c not in names]
+        frame = None if missing else pd.read_parquet(path, columns=columns)
     except Exception as error:  # pyarrow raises several types for damaged files
         raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: not a recce manifest, missing columns {', '.join(missing)}")
-    frame = to_frame(frame)
-    root = path.resolve().parent
-    frame["abspath"] = [str(root / p) for p in frame["path"]]
-    return frame
+    return frame[columns].astype({c: COLUMNS[c] for c in columns}).reset_index(drop=True)
+
+
+def absolute_paths(paths: pd.Series, root: str | os.PathLike) -> pd.Series:
+    """`root`/path for each path, as one vectorised string join (the rare irregular path as pathlib joins it)."""
+    paths = paths.astype(ARROW_STRING)
+    joined = (str(root).rstrip("/") + "/") + paths
+    return _fix_irregular(joined, paths, lambda p: str(Path(root) / p))
+
+
+def _fix_irregular(done: pd.Series, paths: pd.Series, one: Callable[[str], str]) -> pd.Series:
+    """`done` with each absolute path or path holding `.`, `..` or empty segments replaced by `one(path)`."""
+    irregular = (paths.str.startswith("/") | paths.str.contains(_IRREGULAR_SEGMENT, regex=True)).fillna(False)
+    if not irregular.any():
+        return done
+    rows = irregular.to_numpy(dtype=bool)
+    done = done.copy()
+    done[rows] = [one(p) for p in paths[rows]]
+    return done
 
 
 def select(
@@ -92,17 +126,28 @@ def select(
 
 
 def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> pd.DataFrame:
-    """Merge shard manifests into one, rebasing crop paths onto the output's folder; duplicates dropped."""
+    """Merge shard manifests into one, rebasing crop paths onto the output's folder; duplicates dropped.
+
+    A manifest's paths move by one prefix, its folder relative to the output's, without a per-row `relpath`.
+    """
     out = Path(out)
     out_root = out.resolve().parent
     frames = []
     for p in paths:
-        frame = read(p)
-        frame["path"] = [os.path.relpath(a, out_root) for a in frame["abspath"]]
-        frames.append(frame.drop(columns="abspath"))
+        frame = _read_columns(Path(p), list(COLUMNS))
+        frame["path"] = _rebased(frame["path"], Path(p).resolve().parent, out_root)
+        frames.append(frame)
     if not frames:
         raise ManifestError("no manifests to merge")
     merged = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["path"], keep="first")
     merged = merged.sort_values(["dataset", "split", "video", "frame"], kind="stable")
     write(merged, out)
     return to_frame(merged)
+
+
+def _rebased(paths: pd.Series, root: Path, out_root: Path) -> pd.Series:
+    """Paths relative to `root` made relative to `out_root`: one prefix for all, as `os.path.relpath` gives."""
+    paths = paths.astype(ARROW_STRING)
+    prefix = os.path.relpath(root, out_root)
+    rebased = paths if prefix == os.curdir else (prefix + "/") + paths
+    return _fix_irregular(rebased, paths, lambda p: os.path.relpath(os.path.join(root, p), out_root))
