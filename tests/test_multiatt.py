@@ -292,6 +292,8 @@ def test_full_training_step_runs_at_small_size():
     }
     assert set(terms) == expected and all(torch.isfinite(v) for v in terms.values())
     assert model.net.conv_stem.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multiatt needs inputs of at least 32 px, got 24 x 24"):
+        model(torch.zeros(1, 3, 24, 24))
     no_agda = model.training_step(x, torch.tensor([0, 1]), model, MultiAttLoss(agda_weight=0.0))
     assert set(no_agda) == {"total", "classification", "regional", "intra", "inter"}
 

@@ -26,6 +26,7 @@ from recce.losses import classification_loss
 from recce.weights import CheckpointError, load_strict, strip_prefix
 
 STAGES = ("full", "backbone")
+MIN_SIZE = 32  # b5 is then 2 x 2 and `final` 1 x 1; smaller inputs leave nothing for the 5 x 5 convolutions
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,8 @@ class MultiAtt(Detector):
         In training, the attention-dropout mask multiplies the texture matrix and the global weighting; the texture
         branch and the regional features use the undropped maps.
         """
+        if min(x.shape[-2:]) < MIN_SIZE:
+            raise ValueError(f"multiatt needs inputs of at least {MIN_SIZE} px, got {x.shape[-2]} x {x.shape[-1]}")
         out = run_b4(self.net, x)
         if self.config.stage == "backbone":
             out["logits"] = self.net.forward_head(out["final"])
