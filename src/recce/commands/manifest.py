@@ -9,8 +9,6 @@ import pandas as pd
 
 from recce.data import manifest
 
-HELP = "merge manifests (e.g. extraction shards) or show what a manifest holds"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "list the detectors: input size, normalisation, maps, source (official code / port / re-implementation), paper"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="show these detectors in full (config, loss, choices)")

@@ -9,7 +9,6 @@ import uvicorn
 from recce import checkpoints
 from recce.detect import DetectSettings
 
-HELP = "a local web app (and HTTP API) to check images and videos for face forgeries in a browser"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

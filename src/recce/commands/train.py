@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
-
-HELP = "train a detector from a YAML config, e.g. configs/recce/ffpp_c23.yaml (multi-GPU: torchrun ... -m recce train)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +45,9 @@ def _show(config) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from recce.checkpoints import CheckpointError
+    from recce.data.video import MediaError, last_line
     from recce.engine.config import ConfigError, load_config
+    from recce.locks import LockHeld
 
     try:
         config_path, overrides = args.config, list(args.overrides)
@@ -63,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from recce.engine.train import train
 
+        logging.basicConfig(level=logging.WARNING, format="recce train: %(levelname)s: %(message)s")  # to stderr
         result = train(config, resume=bool(args.resume), stop_after=args.stop_after, progress=not args.no_progress)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, LockHeld) as error:
         print(f"recce train: {error}", file=sys.stderr)
+        return 2
+    except MediaError as error:  # a crop; from a DataLoader worker the message carries the worker's traceback
+        reason = last_line(error).split("MediaError: ", 1)[-1]
+        print(f"recce train: {reason} (re-run recce extract or fix the manifest)", file=sys.stderr)
         return 2
     if result.main_process:
         state = "finished" if result.finished else f"stopped (continue with: recce train --resume {result.out})"
