@@ -132,6 +132,7 @@ def test_a_training_run_through_the_engine_resumes_exactly(name, tmp_path, tiny_
         overrides = [
             f"model.name={name}",
             "model.pretrained=null",
+            "model.init_from=null",  # a second-stage config (MultiAtt) names its first stage's run
             f"data.manifest={tiny_manifest}",
             f"data.size={SIZE}",
             "data.workers=0",

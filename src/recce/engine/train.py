@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
+from timm.layers import convert_sync_batchnorm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -158,7 +159,7 @@ class Trainer:
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.context.enabled and t.sync_bn and self.device.type == "cuda":  # SyncBatchNorm is GPU-only
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)  # timm's keeps the activation of BatchNormAct2d (EfficientNet)
         self.model = model
         self.detector = checkpoints.unwrap(model)
         self.loss_config = config.loss_config()
