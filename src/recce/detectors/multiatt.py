@@ -275,6 +275,7 @@ class MultiAtt(Detector):
     source = "official code"
     paper = "Zhao et al., Multi-attentional Deepfake Detection (CVPR 2021)"
     reference = "the authors' code, yoctta/multiple-attention @ bb069cc; golden vectors match within 1e-4"
+    backbone = "tf_efficientnet_b4"
 
     def __init__(self, config: MultiAttConfig | None = None, preprocess=None, **options):
         super().__init__(config, preprocess, **options)
