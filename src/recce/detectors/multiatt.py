@@ -276,6 +276,10 @@ class MultiAtt(Detector):
     paper = "Zhao et al., Multi-attentional Deepfake Detection (CVPR 2021)"
     reference = "the authors' code, yoctta/multiple-attention @ bb069cc; golden vectors match within 1e-4"
     backbone = "tf_efficientnet_b4"
+    pretrained_source = (
+        "AdvProp EfficientNet-B4 weights: adv-efficientnet-b4-44fb3a87.pth (the lukemelas EfficientNet-PyTorch "
+        "releases) or timm's tf_efficientnet_b4.ap_in1k file (see docs/detectors/multiatt.md)"
+    )
 
     def __init__(self, config: MultiAttConfig | None = None, preprocess=None, **options):
         super().__init__(config, preprocess, **options)

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from recce.detectors.base import Detector, DetectorOutput, Preprocess
-from recce.detectors.layers.xception import build_encoder, cadene_to_timm, load_imagenet_weights, run_all
+from recce.detectors.layers.xception import (
+    XCEPTION_IMAGENET,
+    build_encoder,
+    cadene_to_timm,
+    load_imagenet_weights,
+    run_all,
+)
 from recce.detectors.registry import register_detector
 from recce.weights import CheckpointError, load_strict, strip_prefix
 
@@ -129,6 +135,7 @@ class RFM(Detector):
     source = "official code"
     paper = "Wang & Deng, Representative Forgery Mining for Fake Face Detection (CVPR 2021)"
     reference = "crywang/RFM @ f359de8 (train.py, utils.cal_fam); golden vectors match"
+    pretrained_source = XCEPTION_IMAGENET
     choices = ("erase_max",)  # 120 is the authors' value at 224 px; the paper protocol scales it to 299 px
 
     def __init__(self, config: RFMConfig | None = None, preprocess: Preprocess | None = None, **options: Any):
