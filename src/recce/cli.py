@@ -17,6 +17,7 @@ COMMANDS = {
     "detect": "detect",
     "demo": "demo",
     "convert": "convert",
+    "weights": "weights",
     "models": "models",
     "export": "export",
     "serve": "serve",
