@@ -131,7 +131,7 @@ LAYOUTS: dict[str, Layout] = {
     "deepfakebench-recce": Layout(
         "DeepfakeBench's RecceDetector: the RECCE model under model.*, an unused Xception under backbone.*",
         ("recce",),
-        lambda tops, keys, state: "model" in tops and _is_recce(_tops(keys, "model.")),
+        lambda tops, keys, state: {"model", "backbone"} <= tops and _is_recce(_tops(keys, "model.")),
     ),
     "deepfakebench-f3net": Layout(
         "DeepfakeBench's F3Net: FAD_head.* (DCT filters) and one Xception under backbone.*",
@@ -146,7 +146,9 @@ LAYOUTS: dict[str, Layout] = {
     "deepfakebench-xception": Layout(
         "DeepfakeBench's Xception (also its RFM): backbone.* with Cadene names, backbone.last_linear head",
         ("xception", "rfm"),
-        lambda tops, keys, state: tops == {"backbone"} and _is_cadene_xception(_tops(keys, "backbone."), keys, "backbone."),
+        lambda tops, keys, state: (
+            tops == {"backbone"} and _is_cadene_xception(_tops(keys, "backbone."), keys, "backbone.")
+        ),
     ),
     "multiatt-official": Layout(
         "the Multi-attention authors' model: net._conv_stem/_blocks.* (EfficientNet), attentions.*, texture_enhance.*",

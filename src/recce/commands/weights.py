@@ -63,5 +63,7 @@ def run(args: argparse.Namespace) -> int:
             for label, value in rows:
                 print(f"    {label + ':':<12}{value}")
         print()
-    print("get a file named above, then: recce convert FILE OUT.safetensors; recce detect MEDIA --checkpoint OUT.safetensors")
+    print(
+        "get a file named above, then: recce convert FILE OUT.safetensors; recce detect MEDIA --checkpoint OUT.safetensors"
+    )
     return 0
