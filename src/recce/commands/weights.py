@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"    {label + ':':<12}{value}")
         print()
     print(
-        "get a file named above, then: recce convert FILE OUT.safetensors; recce detect MEDIA --checkpoint OUT.safetensors"
+        "get a file named above, then: recce convert FILE OUT.safetensors; "
+        "recce detect MEDIA --checkpoint OUT.safetensors"
     )
     return 0
