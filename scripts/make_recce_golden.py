@@ -167,7 +167,10 @@ def make_golden(args: argparse.Namespace) -> Path:
         optimizer.step()
 
     # Round every floating tensor to float16 so the stored weights are exactly the ones the outputs come from.
-    state = {k: v.detach().half() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
+    # (Copies: the train-mode pass below moves the model's buffers in place.)
+    state = {
+        k: v.detach().half() if v.is_floating_point() else v.detach().clone() for k, v in model.state_dict().items()
+    }
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
     model.eval()
