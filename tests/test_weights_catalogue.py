@@ -144,6 +144,7 @@ def test_identify_prefers_a_known_sha256_over_the_layout(tmp_path, recce_state):
     assert found.by_sha256 and found.layout is None and [e.id for e in found.entries] == ["by-hash"]
     assert found.detectors == ("rfm",)
     assert identify(_small("something.weight"), "0" * 64, catalogue=known).entries == ()
+    assert identify(_small("something.weight"), sha, detector="recce", catalogue=known).entries == ()
     by_layout = identify(recce_state, "0" * 64)
     assert {e.id for e in by_layout.entries} == {"recce-authors-ffpp-c23", "recce-authors-ffpp-c40"}
     assert identify(recce_state, detector="xception").entries == ()

@@ -221,14 +221,11 @@ def identify(
     """
     catalogue = catalogue or load_catalogue()
     layout = layout_of(state)
-    if sha256:
-        exact = tuple(entry for entry in catalogue.entries if entry.sha256 == sha256)
-        if exact:
-            return Identification(layout, exact, by_sha256=True)
-    entries = tuple(entry for entry in catalogue.entries if layout and entry.layout == layout)
-    if detector is not None:
-        entries = tuple(entry for entry in entries if entry.detector == detector)
-    return Identification(layout, entries)
+    mine = [entry for entry in catalogue.entries if detector is None or entry.detector == detector]
+    exact = tuple(entry for entry in mine if sha256 and entry.sha256 == sha256)
+    if exact:
+        return Identification(layout, exact, by_sha256=True)
+    return Identification(layout, tuple(entry for entry in mine if layout and entry.layout == layout))
 
 
 def shared_preprocess(entries: tuple[WeightsEntry, ...]) -> Mapping[str, Any] | None:
