@@ -258,3 +258,24 @@ def test_convert_names_the_problem_for_shared_foreign_and_imagenet_layouts(tmp_p
     code, out, err = _convert(tmp_path, capsys, str(imagenet), str(tmp_path / "i.safetensors"))
     assert code == 2 and "not a forgery detector" in err and str(imagenet) in err
     assert not (tmp_path / "i.safetensors").exists()
+
+
+def test_convert_recognises_a_file_by_its_sha256(tmp_path, capsys, monkeypatch, recce_state):
+    src = tmp_path / "renamed.pth"
+    torch.save({f"model.{k}": v for k, v in recce_state.items()}, src)  # a layout the catalogue does not know
+    entry = load_catalogue().entry("recce-authors-ffpp-c23")
+    pinned = WeightsEntry(
+        **{
+            **entry.__dict__,
+            "id": "pinned",
+            "sha256": file_sha256(src),
+            "preprocess": {**entry.preprocess, "input_size": 320},
+        }
+    )
+    monkeypatch.setattr(catalogue, "load_catalogue", lambda: Catalogue(detectors={"recce": ""}, entries=(pinned,)))
+    out_path = tmp_path / "pinned.safetensors"
+    code, out, err = _convert(tmp_path, capsys, str(src), str(out_path))
+    assert code == 0 and err == ""
+    record = _provenance(out_path)
+    assert record["catalogue_entry"] == "pinned" and record["recognised_by"] == "sha256"
+    assert record["preprocess"]["input_size"] == 320 and record["input_size_assumed"] is False
