@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# The folder of golden vectors: $RECCE_REFERENCE_DIR, else ../shared/reference beside the repository.
+# scripts/make_recce_golden.py makes the RECCE file from a checkout of the official code.
+REFERENCE_ENV = "RECCE_REFERENCE_DIR"
+REFERENCE_DIR = Path(os.environ.get(REFERENCE_ENV) or Path(__file__).resolve().parents[2] / "shared" / "reference")
+
+
+def require_reference(path: Path) -> Path:
+    """`path`, or skip the test saying where the golden vectors are looked for and how to make them."""
+    if not path.exists():
+        pytest.skip(
+            f"golden vectors not available: {path} is absent (set {REFERENCE_ENV} to their folder, default "
+            "../shared/reference beside the repository; scripts/make_recce_golden.py makes the RECCE file)"
+        )
+    return path
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"golden vectors not available: {REFERENCE_DIR} is absent (it sits beside the repository)")
-    return REFERENCE_DIR
+    return require_reference(REFERENCE_DIR)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require_reference
 from safetensors.torch import load_file
 
 from recce.checkpoints import from_official
@@ -14,7 +15,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def golden(reference_dir):
-    return load_file(str(reference_dir / "recce_official_golden.safetensors"))
+    return load_file(str(require_reference(reference_dir / "recce_official_golden.safetensors")))
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ COMMANDS = {
     "models": "list the detectors: input size, normalisation, maps, source (official/port/re-implementation), paper",
     "convert": "convert a detector's published weights (authors' or DeepfakeBench's) into this project's .safetensors",
     "export": "export a checkpoint to ONNX (dynamic batch; p_fake and the detector's maps; preprocessing in metadata)",
+    "weights": "list published trained weights per detector: where to get them, training data, preprocessing",
 }
 
 
