@@ -148,3 +148,19 @@ def test_imagenet_xception_weights_load_from_a_local_file(tmp_path):
     with pytest.raises(checkpoints.CheckpointError, match="not ImageNet Xception"):
         torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
         create_detector("xception", pretrained=str(tmp_path / "bad.pth"))
+
+
+def test_deepfakebench_xception_imports_exactly(tmp_path):
+    """`xception_best.pth`: its Xception under `backbone.`, the head `backbone.last_linear`, an unused adapter."""
+    model = Xception(num_classes=2).eval()
+    state = {
+        f"backbone.{k.removeprefix('encoder.')}": v for k, v in model.state_dict().items() if k.startswith("encoder.")
+    }
+    state["backbone.last_linear.weight"], state["backbone.last_linear.bias"] = model.fc.weight, model.fc.bias
+    state["backbone.adjust_channel.0.weight"] = torch.randn(512, 2048, 1, 1)
+    torch.save(state, tmp_path / "xception_best.pth")
+    imported = checkpoints.import_weights("xception", tmp_path / "xception_best.pth")
+    assert imported.preprocess == Preprocess(256) and imported.config.num_classes == 2
+    _same_function(model, imported)
+    with pytest.raises(checkpoints.CheckpointError, match="no Xception classifier head"):
+        checkpoints.import_weights("xception", {"encoder.conv1.weight": torch.zeros(1)})

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from recce import checkpoints
 from recce.detectors import create_detector, list_detectors
-from recce.detectors.rfm import DEEPFAKEBENCH_PREPROCESS, RFM, RFMLoss, draw_blocks, erase_regions
+from recce.detectors.layers.xception import DEEPFAKEBENCH_PREPROCESS
+from recce.detectors.rfm import RFM, RFMLoss, draw_blocks, erase_regions
 from recce.engine.config import load_config
 from recce.weights import CheckpointError
 

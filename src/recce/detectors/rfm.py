@@ -20,14 +20,12 @@ from recce.detectors.base import Detector, DetectorOutput, Preprocess
 from recce.detectors.layers.xception import (
     XCEPTION_IMAGENET,
     build_encoder,
-    cadene_to_timm,
     load_imagenet_weights,
+    published_xception,
     run_all,
 )
 from recce.detectors.registry import register_detector
-from recce.weights import CheckpointError, load_strict, strip_prefix
-
-DEEPFAKEBENCH_PREPROCESS = Preprocess(256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # its rfm.yaml: 256 px faces, std 0.5
+from recce.weights import load_strict
 
 
 @dataclass(frozen=True)
@@ -197,27 +195,9 @@ class RFM(Detector):
         DeepfakeBench's `backbone.`-prefixed Xception is the same network (its unused `adjust_channel` is dropped);
         those weights come with its preprocessing (256 px, mean = std = 0.5). The head size is inferred.
         """
-        state = strip_prefix(state)
         preprocess = options.pop("preprocess", None)
-        if any(key.startswith("backbone.") for key in state):
-            state = {
-                key.removeprefix("backbone."): value
-                for key, value in state.items()
-                if key.startswith("backbone.") and not key.startswith("backbone.adjust_channel.")
-            }
-            preprocess = preprocess or DEEPFAKEBENCH_PREPROCESS
-        head = state.get("last_linear.weight")
-        if head is None:
-            raise CheckpointError(f"{source}: no RFM classifier head (last_linear.weight) found; is this RFM's file?")
-        asked = options.pop("num_classes", None)
-        if asked is not None and asked != head.shape[0]:
-            raise CheckpointError(f"{source}: the head has {head.shape[0]} outputs, but num_classes={asked} was asked")
-        if head.shape[0] not in (1, 2):
-            raise CheckpointError(f"{source}: the head has {head.shape[0]} outputs; RFM has 1 or 2")
-        renamed = {
-            key if key.startswith("last_linear.") else f"encoder.{key}": value
-            for key, value in cadene_to_timm(state).items()
-        }
-        model = cls(RFMConfig(num_classes=head.shape[0], **options), preprocess)
+        renamed, classes, published = published_xception(state, source, "RFM", options.pop("num_classes", None))
+        renamed = {key.replace("head.", "last_linear.", 1): value for key, value in renamed.items()}
+        model = cls(RFMConfig(num_classes=classes, **options), preprocess or published)
         load_strict(model, renamed, source)
         return model.eval()

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recce.detectors.base import Detector, DetectorOutput
-from recce.detectors.layers.xception import XCEPTION_IMAGENET, build_encoder, load_imagenet_weights, run_all
+from recce.detectors.layers.xception import (
+    XCEPTION_IMAGENET,
+    build_encoder,
+    load_imagenet_weights,
+    published_xception,
+    run_all,
+)
 from recce.detectors.registry import register_detector
+from recce.weights import load_strict
 
 
 @dataclass(frozen=True)
@@ -52,3 +61,16 @@ class Xception(Detector):
     def forward(self, x: torch.Tensor) -> DetectorOutput:
         pooled = F.adaptive_avg_pool2d(run_all(self.encoder, x), 1).flatten(1)
         return DetectorOutput(self.fc(self.dropout(pooled)), {}, {})
+
+    @classmethod
+    def from_reference(cls, state: Mapping[str, torch.Tensor], source: str, **options: Any) -> Xception:
+        """A Cadene-layout Xception classifier: DeepfakeBench's `xception_best.pth` (256 px) or a bare one.
+
+        The published head is applied to the pooled features as ours is (its dropout is off in eval mode).
+        """
+        preprocess = options.pop("preprocess", None)
+        renamed, classes, published = published_xception(state, source, "Xception", options.pop("num_classes", None))
+        renamed = {key.replace("head.", "fc.", 1): value for key, value in renamed.items()}
+        model = cls(XceptionConfig(num_classes=classes, **options), preprocess or published)
+        load_strict(model, renamed, source)
+        return model.eval()

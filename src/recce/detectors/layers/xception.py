@@ -9,6 +9,7 @@ import timm
 import torch
 from torch import nn
 
+from recce.detectors.base import Preprocess
 from recce.weights import CheckpointError, mismatch, read_state_dict, strip_prefix
 
 XCEPTION_IMAGENET = (
@@ -51,6 +52,40 @@ def cadene_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
         key: value[:, :, None, None] if key.endswith("pointwise.weight") and value.dim() == 2 else value
         for key, value in state.items()
     }
+
+
+DEEPFAKEBENCH_PREPROCESS = Preprocess(256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # its Xception-based detectors
+
+
+def published_xception(
+    state: Mapping[str, torch.Tensor], source: str, detector: str, num_classes: int | None = None
+) -> tuple[dict[str, torch.Tensor], int, Preprocess | None]:
+    """A published Cadene-layout Xception classifier (bare, or DeepfakeBench's `backbone.`-prefixed one, whose
+    unused `adjust_channel` is dropped) as (tensors with the encoder under `encoder.` and the head under `head.`,
+    head size, DeepfakeBench's preprocessing or None)."""
+    state = strip_prefix(state)
+    preprocess = None
+    if any(key.startswith("backbone.") for key in state):
+        state = {
+            key.removeprefix("backbone."): value
+            for key, value in state.items()
+            if key.startswith("backbone.") and not key.startswith("backbone.adjust_channel.")
+        }
+        preprocess = DEEPFAKEBENCH_PREPROCESS
+    head = state.get("last_linear.weight")
+    if head is None:
+        raise CheckpointError(f"{source}: no {detector} classifier head (last_linear.weight) found; is this its file?")
+    if num_classes is not None and num_classes != head.shape[0]:
+        raise CheckpointError(
+            f"{source}: the head has {head.shape[0]} outputs, but num_classes={num_classes} was asked"
+        )
+    if head.shape[0] not in (1, 2):
+        raise CheckpointError(f"{source}: the head has {head.shape[0]} outputs; {detector} has 1 or 2")
+    renamed = {
+        key.replace("last_linear.", "head.") if key.startswith("last_linear.") else f"encoder.{key}": value
+        for key, value in cadene_to_timm(state).items()
+    }
+    return renamed, head.shape[0], preprocess
 
 
 def run_stage(encoder: nn.Module, stage: int, x: torch.Tensor) -> torch.Tensor:
