@@ -130,9 +130,9 @@ class MixBlock(nn.Module):
         b, c, h, w = x_fad.shape
         if h != w or x_lfs.shape != x_fad.shape:
             raise ValueError(f"MixBlock needs equal square maps, got {tuple(x_fad.shape)} and {tuple(x_lfs.shape)}")
-        query = torch.cat([self.fad_query(x_fad).view(-1, h, w), self.lfs_query(x_lfs).view(-1, h, w)], dim=2)
-        key_fad = self.fad_key(x_fad).view(-1, h, w).transpose(1, 2)
-        key_lfs = self.lfs_key(x_lfs).view(-1, h, w).transpose(1, 2)
+        query = torch.cat([self.fad_query(x_fad).reshape(-1, h, w), self.lfs_query(x_lfs).reshape(-1, h, w)], dim=2)
+        key_fad = self.fad_key(x_fad).reshape(-1, h, w).transpose(1, 2)
+        key_lfs = self.lfs_key(x_lfs).reshape(-1, h, w).transpose(1, 2)
         attention = torch.softmax(torch.bmm(query, torch.cat([key_fad, key_lfs], dim=1)), dim=-1).view(b, c, h, h)
         y_fad = x_fad + self.fad_bn(self.fad_conv(x_lfs * attention * (2.0 * torch.sigmoid(self.lfs_gamma) - 1.0)))
         y_lfs = x_lfs + self.lfs_bn(self.lfs_conv(x_fad * attention * (2.0 * torch.sigmoid(self.fad_gamma) - 1.0)))
