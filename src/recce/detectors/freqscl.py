@@ -23,7 +23,7 @@ from recce.detectors.layers.xception import build_encoder, load_imagenet_weights
 from recce.detectors.registry import register_detector
 from recce.losses import classification_loss
 
-# JPEG's full-range RGB → YCbCr (ITU-R BT.601), rows Y, Cb, Cr; Cb and Cr centred on 0.5
+# JPEG's full-range RGB → YCbCr (ITU-R BT.601), rows Y, Cb, Cr, without the +0.5 offset of Cb and Cr
 _YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
 
 
@@ -139,11 +139,11 @@ class FreqSCL(Detector):
         load_imagenet_weights(self.encoder, path)
 
     def frequency_channels(self, x: torch.Tensor) -> torch.Tensor:
-        """YCbCr (JPEG levels, centred on 0) block DCT of the normalised input, sides zero-padded to whole blocks."""
+        """YCbCr block DCT of the normalised input: 8-bit levels centred on 0, sides zero-padded to whole blocks."""
         rgb = self.preprocess.denormalise(x)
         matrix = torch.tensor(_YCBCR, device=x.device, dtype=rgb.dtype)
-        offset = torch.tensor((0.0, 0.5, 0.5), device=x.device, dtype=rgb.dtype).view(1, 3, 1, 1)
-        ycbcr = (torch.einsum("ck,bkhw->bchw", matrix, rgb) + offset) * 255 - 128
+        centre = torch.tensor((0.5, 0.0, 0.0), device=x.device, dtype=rgb.dtype).view(1, 3, 1, 1)  # Y in [0, 1]
+        ycbcr = (torch.einsum("ck,bkhw->bchw", matrix, rgb) - centre) * 255
         return block_dct(pad_to_multiple(ycbcr, self.config.dct_block), self.config.dct_block)
 
     def forward(self, x: torch.Tensor) -> DetectorOutput:
