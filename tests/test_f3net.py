@@ -4,6 +4,7 @@ per-window loop, the importers for the port's and DeepfakeBench's state dicts, s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,12 @@ from recce.detectors import DetectorConfigError, create_detector
 from recce.detectors.base import Preprocess
 from recce.detectors.f3net import F3Net, FrequencyAwareDecomposition, LocalFrequencyStatistics, MixBlock
 from recce.detectors.layers.frequency import dct_matrix, soft_band_filters
+from recce.engine.config import load_config
 from recce.weights import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "f3net"
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +253,12 @@ def test_importer_errors_name_the_source_and_the_problem(golden):
     missing = {k: v for k, v in state.items() if "LFS_xcep.block3" not in k}
     with pytest.raises(CheckpointError, match="port.pth: weights do not fit a f3net detector: .* missing"):
         F3Net.from_reference(missing, "port.pth")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_configs_load_with_the_ports_recipe(path):
+    config = load_config(path)
+    assert config.model.name == "f3net" and config.detector_config().mode == "both"
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.gamma) == (2e-4, 0.0, 1.0)
+    assert config.preprocess().input_size == (224 if path.stem == "wilddeepfake" else 299)
+    assert config.data.balance and config.data.flip_p == 0.5

@@ -3,6 +3,8 @@ the network's shapes and its loss with the learnable centre."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import safetensors.torch
@@ -13,8 +15,11 @@ from recce.detectors import DetectorConfigError, create_detector
 from recce.detectors.base import Preprocess
 from recce.detectors.freqscl import FreqSCL, FreqSCLLoss, single_center_loss
 from recce.detectors.layers.frequency import block_dct
+from recce.engine.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "freqscl"
 
 # golden case -> the features it used and this project's labels (0 = real = natural)
 CASES = {
@@ -114,3 +119,11 @@ def test_every_structural_choice_is_a_config_field():
     model = create_detector("freqscl", dct_block=4, mining_channels=32, mining_convs=1, embedding_dim=16)
     model.preprocess = Preprocess(input_size=64)
     assert model(torch.rand(2, 3, 64, 64) * 2 - 1).aux["embedding"].shape == (2, 16)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_configs_load_with_the_public_loss_defaults(path):
+    config = load_config(path)
+    assert config.model.name == "freqscl" and config.loss_config() == FreqSCLLoss(lambda_sc=0.5, margin=0.3)
+    assert config.detector_config() == FreqSCL.Config()
+    assert config.preprocess().input_size == (224 if path.stem == "wilddeepfake" else 299)
