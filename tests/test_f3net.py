@@ -262,3 +262,14 @@ def test_configs_load_with_the_ports_recipe(path):
     assert (config.optim.lr, config.optim.weight_decay, config.optim.gamma) == (2e-4, 0.0, 1.0)
     assert config.preprocess().input_size == (224 if path.stem == "wilddeepfake" else 299)
     assert config.data.balance and config.data.flip_p == 0.5
+
+
+def test_frequency_heads_run_in_float32_under_autocast():
+    model = F3Net(preprocess=Preprocess(input_size=32)).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        plain = model(x).maps["high_frequency"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x).maps["high_frequency"]
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)

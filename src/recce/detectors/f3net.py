@@ -190,8 +190,9 @@ class F3Net(Detector):
         return [run_layers(self.fad_encoder, fad, "conv3"), run_layers(self.lfs_encoder, lfs, "conv3")]
 
     def forward(self, x: torch.Tensor) -> DetectorOutput:
-        fad = self.fad_head(x) if self.uses_fad else None
-        lfs = self.lfs_head(x) if self.uses_lfs else None
+        with torch.autocast(x.device.type, enabled=False):  # log10 of near-zero DCT coefficients needs float32
+            fad = self.fad_head(x.float()) if self.uses_fad else None
+            lfs = self.lfs_head(x.float()) if self.uses_lfs else None
         # The heatmap: mean |high band| over RGB (FAD), or the highest LFS band's statistic (LFS only).
         high = fad[:, 6:9].abs().mean(1, keepdim=True) if fad is not None else lfs[:, -1:]
         pooled = [F.adaptive_avg_pool2d(F.relu(f), 1).flatten(1) for f in self._features(fad, lfs)]

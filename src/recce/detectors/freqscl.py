@@ -148,7 +148,9 @@ class FreqSCL(Detector):
 
     def forward(self, x: torch.Tensor) -> DetectorOutput:
         rgb = run_layers(self.encoder, x, "conv1", "block3")
-        mined = self.mining(self.frequency_channels(x).to(rgb.dtype), tuple(rgb.shape[-2:]))
+        with torch.autocast(x.device.type, enabled=False):  # the DCT coefficients span 0..2040: float32
+            coefficients = self.frequency_channels(x.float())
+        mined = self.mining(coefficients, tuple(rgb.shape[-2:]))
         features = run_layers(self.encoder, self.fusion(torch.cat([rgb, mined], dim=1)), "block4")
         embedding = self.embed(self.dropout(F.adaptive_avg_pool2d(features, 1).flatten(1)))
         return DetectorOutput(self.fc(embedding), {}, {"embedding": embedding})
