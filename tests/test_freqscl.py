@@ -14,7 +14,7 @@ import torch
 from recce.detectors import DetectorConfigError, create_detector
 from recce.detectors.base import Preprocess
 from recce.detectors.freqscl import FreqSCL, FreqSCLLoss, single_center_loss
-from recce.detectors.layers.frequency import block_dct
+from recce.detectors.layers.frequency import block_dct, dct_matrix
 from recce.engine.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,14 +71,14 @@ def test_single_center_loss_is_the_formula():
 
 def test_block_dct_groups_equal_frequencies_as_channels():
     x = torch.randn(2, 3, 16, 24, dtype=torch.float64)
-    out = block_dct(x, 8)
+    out = block_dct(x, dct_matrix(8, torch.float64))
     assert out.shape == (2, 192, 2, 3)
     blocks = x.numpy().reshape(2, 3, 2, 8, 3, 8)
     expected = scipy.fft.dctn(blocks, type=2, norm="ortho", axes=(3, 5))  # b, c, i, u, j, v
     expected = torch.from_numpy(np.ascontiguousarray(expected.transpose(0, 1, 3, 5, 2, 4)).reshape(2, 192, 2, 3))
     torch.testing.assert_close(out, expected)
     with pytest.raises(ValueError, match="multiples of 8"):
-        block_dct(torch.zeros(1, 3, 12, 16))
+        block_dct(torch.zeros(1, 3, 12, 16), dct_matrix(8))
 
 
 @pytest.mark.parametrize("size, grid", [(64, 8), (299, 38)])
@@ -90,7 +90,7 @@ def test_frequency_channels_are_192_at_an_eighth(size, grid):
     assert channels.shape == (1, 192, grid, grid)
 
 
-@pytest.mark.parametrize("size", [64, 224])
+@pytest.mark.parametrize("size", [64, 98, 224])  # 98 = 16·6 + 2: the mined grid is cropped to Xception's
 def test_forward_gives_two_logits_and_the_embedding(size):
     model = FreqSCL(preprocess=Preprocess(input_size=size)).eval()
     with torch.no_grad():

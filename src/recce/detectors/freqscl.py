@@ -4,7 +4,7 @@ Only the loss is firm: it follows the public implementation Amadeus-AI/pytorch-s
 golden vectors match), with this project's labels (0 = real = natural). The network is known only from the
 paper's summary (spec: baselines.md, Freq-SCL), so every structural value below is this project's choice, a field
 of `FreqSCLConfig` listed in `choices`: RGB → YCbCr → 8×8 block DCT (192 frequency channels at H/8) → frequency
-mining block (BatchNorm, 3×3 convolutions, a max pool to the RGB grid, squeeze-and-excitation channel attention)
+mining block (BatchNorm, 3×3 convolutions, a 2×2 max pool to the RGB grid, squeeze-and-excitation attention)
 → fused with the RGB Xception stream after block 3 by concat + 1×1 conv + BN + ReLU → Xception middle and exit
 flows → FC 2048 → 1000 (the embedding the loss acts on) → FC 1000 → 2.
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recce.detectors.base import Detector, DetectorOutput
-from recce.detectors.layers.frequency import block_dct, pad_to_multiple
+from recce.detectors.layers.frequency import block_dct, dct_matrix, pad_to_multiple
 from recce.detectors.layers.xception import build_encoder, load_imagenet_weights, run_layers
 from recce.detectors.registry import register_detector
 from recce.losses import classification_loss
@@ -92,7 +92,9 @@ class FrequencyMining(nn.Module):
         self.attention = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, c), nn.Sigmoid())
 
     def forward(self, coefficients: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        x = F.adaptive_max_pool2d(self.convs(coefficients), grid)
+        # H/8 → ⌈H/16⌉, Xception's block-3 grid, except at sides 16k + 1 … 16k + 6 where Xception has one cell less:
+        # there the trailing cell (mostly zero padding) is dropped.
+        x = F.max_pool2d(self.convs(coefficients), 2, ceil_mode=True)[..., : grid[0], : grid[1]]
         weights = self.attention(x.mean((2, 3)))
         return x * weights[:, :, None, None]
 
@@ -134,6 +136,7 @@ class FreqSCL(Detector):
         self.embed = nn.Linear(2048, c.embedding_dim)
         self.fc = nn.Linear(c.embedding_dim, c.num_classes)
         self.centre = nn.Parameter(torch.randn(c.embedding_dim))  # the single-center loss's learnable centre C
+        self.register_buffer("dct", dct_matrix(c.dct_block), persistent=False)
 
     def load_pretrained(self, path: str) -> None:
         load_imagenet_weights(self.encoder, path)
@@ -144,7 +147,7 @@ class FreqSCL(Detector):
         matrix = torch.tensor(_YCBCR, device=x.device, dtype=rgb.dtype)
         centre = torch.tensor((0.5, 0.0, 0.0), device=x.device, dtype=rgb.dtype).view(1, 3, 1, 1)  # Y in [0, 1]
         ycbcr = (torch.einsum("ck,bkhw->bchw", matrix, rgb) - centre) * 255
-        return block_dct(pad_to_multiple(ycbcr, self.config.dct_block), self.config.dct_block)
+        return block_dct(pad_to_multiple(ycbcr, self.config.dct_block), self.dct)
 
     def forward(self, x: torch.Tensor) -> DetectorOutput:
         rgb = run_layers(self.encoder, x, "conv1", "block3")

@@ -16,8 +16,7 @@ def dct_matrix(size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The orthonormal DCT-II matrix D (X = D x Dᵀ): D[k, n] = s_k cos((n + ½)πk/N), s_0 = √(1/N), s_k = √(2/N)."""
     k = torch.arange(size, dtype=torch.float64)[:, None]
     n = torch.arange(size, dtype=torch.float64)[None, :]
-    scale = torch.full((size, 1), math.sqrt(2.0 / size), dtype=torch.float64)
-    scale[0] = math.sqrt(1.0 / size)
+    scale = torch.where(k == 0, math.sqrt(1.0 / size), math.sqrt(2.0 / size))
     return (scale * torch.cos((n + 0.5) * math.pi * k / size)).to(dtype)
 
 
@@ -32,18 +31,18 @@ def soft_band_filters(base: torch.Tensor, learnable: torch.Tensor) -> torch.Tens
     return base + (2.0 * torch.sigmoid(learnable) - 1.0)
 
 
-def block_dct(x: torch.Tensor, block: int = 8) -> torch.Tensor:
+def block_dct(x: torch.Tensor, dct: torch.Tensor) -> torch.Tensor:
     """Per-channel non-overlapping block DCT, coefficients of equal frequency grouped as channels (JPEG-style).
 
-    B×C×H×W (H, W multiples of `block`) → B×(C·block²)×(H/block)×(W/block); channel c·block² + u·block + v holds
-    coefficient (u, v) of channel c.
+    `dct` is the b×b DCT matrix (`dct_matrix(b)`). B×C×H×W (H, W multiples of b) → B×(C·b²)×(H/b)×(W/b); channel
+    c·b² + u·b + v holds coefficient (u, v) of channel c.
     """
+    block = dct.shape[0]
     b, c, h, w = x.shape
     if h % block or w % block:
         raise ValueError(f"block DCT needs sides that are multiples of {block}, got {h}×{w}")
-    d = dct_matrix(block, x.dtype).to(x.device)
     blocks = x.reshape(b, c, h // block, block, w // block, block).permute(0, 1, 2, 4, 3, 5)
-    coefficients = d @ blocks @ d.t()  # b, c, h/block, w/block, u, v
+    coefficients = dct @ blocks @ dct.t()  # b, c, h/block, w/block, u, v
     return coefficients.permute(0, 1, 4, 5, 2, 3).reshape(b, c * block * block, h // block, w // block)
 
 
