@@ -46,7 +46,7 @@ def load_imagenet_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
         cleaned[key] = value
     channels = encoder.conv1.weight.shape[1]
     first = cleaned.get("conv1.weight")
-    if first is not None and channels != first.shape[1] and channels % first.shape[1] == 0:
+    if first is not None and first.dim() == 4 and channels != first.shape[1] and channels % first.shape[1] == 0:
         copies = channels // first.shape[1]
         cleaned["conv1.weight"] = first.repeat(1, copies, 1, 1) / copies
     problem = mismatch(encoder.state_dict(), cleaned)
