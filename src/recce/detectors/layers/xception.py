@@ -37,9 +37,18 @@ def build_encoder(pretrained: str | os.PathLike | None = None) -> nn.Module:
 
 
 def load_imagenet_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
-    """Load `xception-43020ad28.pth` (timm / Cadene ImageNet Xception) into the encoder, dropping the 1000-way head."""
+    """Load `xception-43020ad28.pth` (timm / Cadene ImageNet Xception) into the encoder, dropping the 1000-way head.
+
+    An encoder whose first convolution takes k·3 channels (F³-Net's frequency branches) gets k copies of the
+    ImageNet kernel divided by k, so an input of k equal RGB copies gives the ImageNet activations.
+    """
     state = cadene_to_timm(strip_prefix(read_state_dict(path)))
     cleaned = {key: value for key, value in state.items() if not key.startswith(("fc.", "last_linear."))}
+    channels = encoder.conv1.weight.shape[1]
+    first = cleaned.get("conv1.weight")
+    if first is not None and first.dim() == 4 and channels != first.shape[1] and channels % first.shape[1] == 0:
+        copies = channels // first.shape[1]
+        cleaned["conv1.weight"] = first.repeat(1, copies, 1, 1) / copies
     problem = mismatch(encoder.state_dict(), cleaned)
     if problem:
         raise CheckpointError(f"{path}: not ImageNet Xception weights: {problem}")
@@ -91,6 +100,14 @@ def published_xception(
 def run_stage(encoder: nn.Module, stage: int, x: torch.Tensor) -> torch.Tensor:
     """Run one of the encoder stages RECCE taps into (entry flow + block4, block5-7, block8, exit flow)."""
     for name in ENCODER_STAGES[stage]:
+        x = getattr(encoder, name)(x)
+    return x
+
+
+def run_layers(encoder: nn.Module, x: torch.Tensor, first: str = "conv1", last: str = "act4") -> torch.Tensor:
+    """Run the encoder's layers from `first` to `last` (both included, names of `ENCODER_STAGES`)."""
+    order = [name for stage in ENCODER_STAGES for name in stage]
+    for name in order[order.index(first) : order.index(last) + 1]:
         x = getattr(encoder, name)(x)
     return x
 
