@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from typing import Any
 
 
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from recce import checkpoints
     from recce.catalogue import file_sha256, shared_preprocess
     from recce.detectors import DetectorConfigError, Preprocess, detector_class
-    from recce.weights import CheckpointError, read_state_dict
+    from recce.weights import CheckpointError, mismatch, read_state_dict
 
     source = str(args.source)
     options = {} if args.num_classes is None else {"num_classes": args.num_classes}
@@ -117,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
         if published is not None:
             model.preprocess = Preprocess.from_dict(published)
         model.preprocess = model.preprocess.at_size(args.input_size)
+        problem = mismatch(
+            checkpoints.build(name, asdict(model.config), model.preprocess).state_dict(), model.state_dict()
+        )
+        if problem:  # a network whose shape follows the input size (F3-Net's frequency filters)
+            raise CheckpointError(
+                f"{source}: {name} weights do not fit an input size of {model.preprocess.input_size} ({problem})"
+            )
     except (CheckpointError, ValueError) as error:
         print(f"recce convert: {error}", file=sys.stderr)
         return 2

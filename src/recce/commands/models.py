@@ -45,4 +45,9 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for d in descriptions:
+        if d["choices"]:
+            values = {**d["config"], **d["loss"]}
+            chosen = ", ".join(f"{name}={json.dumps(values[name])}" for name in d["choices"])
+            print(f"{d['name']} ({d['source']}): the project's own choices, where no reference decides: {chosen}")
     return 0

@@ -185,6 +185,11 @@ class Detector(nn.Module):
 
         raise CheckpointError(f"{source}: no importer for {cls.name} weights")
 
+    def chosen(self, loss: Any | None = None) -> dict[str, Any]:
+        """The values of this detector's own choices (`choices`), from its config and the loss configuration used."""
+        values = {**dataclasses.asdict(loss if loss is not None else self.Loss()), **dataclasses.asdict(self.config)}
+        return {name: values[name] for name in self.choices}
+
     @classmethod
     def describe(cls) -> dict[str, Any]:
         """What `recce models` prints: defaults, preprocessing, maps, source and the project's own choices."""

@@ -263,8 +263,14 @@ def _metrics_markdown(report: Mapping, label: str) -> str:
     ]
     parts = [
         f"# Evaluation: {label}\n",
-        f"Checkpoint `{report['checkpoint']}`, input {report['input_size']} px, split `{report['split']}`, "
-        f"video score = {report['aggregate']} of frame scores. AUC, EER, ACC and AP in %; ACC at P(fake) >= 0.5.\n",
+        f"Detector `{report['detector']}` ({report['detector_source']}), checkpoint `{report['checkpoint']}`, input "
+        f"{report['input_size']} px, split `{report['split']}`, video score = {report['aggregate']} of frame scores. "
+        "AUC, EER, ACC and AP in %; ACC at P(fake) >= 0.5.\n",
+        *(
+            [f"The detector's own choices (no reference decides them): {json.dumps(report['choices'])}.\n"]
+            if report["choices"]
+            else []
+        ),
         "## Per test set\n",
         _markdown_table(detail_header, detail),
         "## Cross-dataset summary (frame level, seed Table 3 layout)\n",
@@ -321,6 +327,8 @@ def evaluate(
     report = {
         "label": label,
         "detector": model.name,
+        "detector_source": model.source,
+        "choices": checkpoints.read_metadata(checkpoint)["provenance"].get("choices", model.chosen()),
         "checkpoint": str(checkpoint),
         "manifest": str(manifest_path),
         "split": selection.split,
@@ -514,6 +522,8 @@ def robustness(
     report = {
         "label": label,
         "detector": model.name,
+        "detector_source": model.source,
+        "choices": checkpoints.read_metadata(checkpoint)["provenance"].get("choices", model.chosen()),
         "checkpoint": str(checkpoint),
         "manifest": str(manifest_path),
         "dataset": dataset,

@@ -367,6 +367,8 @@ class Trainer:
             "train_split": d.train_split,
             "val_split": d.val_split,
             "validation": json_safe(metrics or {}),
+            "source": self.detector.source,
+            "choices": self.detector.chosen(self.loss_config),
             "train_config": self.config.to_dict(),
         }
         checkpoints.save(self.model, self.out / name, provenance=provenance)
