@@ -304,7 +304,8 @@ def test_convert_an_authors_checkpoint_file(tmp_path, official_state, golden, ca
     optimizer = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
     torch.save({"logs": {"epoch": 49}, "state_dict": official_state, "optimizer_state": optimizer}, source)
     assert main(["convert", "--detector", "multiatt", str(source), str(tmp_path / "m.safetensors")]) == 0
-    assert "multiatt, 2 output(s), input size 380" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(multiatt, multiatt-authors" in printed and "2 output(s), input size 380" in printed
     model = checkpoints.load(tmp_path / "m.safetensors")
     with torch.no_grad():
         close(model.eval()(golden["input.x"]).logits, golden["eval.logits"])
