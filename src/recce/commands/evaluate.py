@@ -58,7 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group = parser.add_argument_group("execution")
     run_group.add_argument("--batch-size", type=int, default=64, help="crops per forward (default 64)")
     run_group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run_group.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision (auto: bf16/fp16 on GPU)")
+    run_group.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default="none",
+        help="mixed precision (default none: fp32, as the official tester; auto: bf16/fp16 on GPU, faster)",
+    )
     run_group.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader worker processes"
     )

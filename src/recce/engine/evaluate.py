@@ -72,7 +72,7 @@ class ScoringOptions:
 
     batch_size: int = 64
     device: str = "auto"
-    amp: str = "auto"
+    amp: str = "none"  # fp32, as the official tester
     workers: int = 2
     size: int | None = None  # input side; None = the checkpoint's input_size
     progress: bool = True
