@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
-from media import write_tiny_manifest
+from media import face_photo, write_tiny_manifest
 
+from recce import checkpoints
+from recce.cli import main
+from recce.data import manifest
+from recce.detectors import Preprocess
+from recce.detectors.recce import Recce
 from recce.engine.config import load_config
+from recce.engine.inference import score_images
 from recce.engine.runtime import resolve_amp
 from recce.engine.train import Trainer, _lr_lambda, is_better
 
@@ -91,3 +102,47 @@ def test_warm_up_delays_every_step_decay() -> None:
     # The first decay comes step_size iterations after the warm-up ends, not at step_size.
     assert factor(1000) == 1.0 and factor(1099) == 1.0
     assert factor(1100) == 0.5 and factor(2099) == 0.5 and factor(2100) == 0.25
+
+
+def _write_wilddeepfake(root: Path, frames: int) -> None:
+    """The distributed layout: plain tar archives of face-sequence folders of PNG frames."""
+    for part, label, n in (("real_train", "real", 1), ("fake_train", "fake", 2), ("real_test", "real", 3)):
+        (root / part).mkdir(parents=True)
+        with tarfile.open(root / part / f"{n}.tar.gz", "w") as tar:
+            for index in range(frames):
+                ok, data = cv2.imencode(".png", np.full((24, 24, 3), 10 * n + index, dtype=np.uint8))
+                info = tarfile.TarInfo(f"{n}/{label}/{n}0/{index}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data.tobytes()))
+
+
+def test_face_sequences_are_extracted_whole_by_default(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _write_wilddeepfake(tmp_path / "wild", frames=40)
+    out = tmp_path / "out"
+    argv = ["extract", "wilddeepfake", "--root", str(tmp_path / "wild"), "--out", str(out)]
+    assert main([*argv, "--face-detector", "none", "--no-progress"]) == 0
+    assert "every frame of each wilddeepfake sequence" in capsys.readouterr().out
+    rows = manifest.read(out / "manifest.parquet")
+    assert rows.groupby("video").size().to_dict() == {
+        "real_train/1/real/10": 40,
+        "fake_train/2/fake/20": 40,
+        "real_test/3/real/30": 40,
+    }
+    sampled = tmp_path / "sampled"
+    argv = ["extract", "wilddeepfake", "--root", str(tmp_path / "wild"), "--out", str(sampled), "--frames", "8"]
+    assert main([*argv, "--face-detector", "none", "--no-progress"]) == 0
+    assert manifest.read(sampled / "manifest.parquet").groupby("video").size().tolist() == [8, 8, 8]
+
+
+def test_detect_scores_ready_made_face_crops(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = Recce(preprocess=Preprocess(64)).eval()
+    checkpoint = checkpoints.save(model, tmp_path / "recce.safetensors")
+    crop = np.ascontiguousarray(face_photo("astronaut")[:90, 10:80])  # a 70 x 90 face crop, not square
+    cv2.imwrite(str(tmp_path / "crop.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    argv = ["detect", str(tmp_path / "crop.png"), "--checkpoint", str(checkpoint), "--face-detector", "none"]
+    assert main([*argv, "--json", "--no-progress", "--device", "cpu"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    (face,) = result["faces"]
+    assert face["box"] == [0.0, 0.0, 70.0, 90.0]
+    expected, _ = score_images(checkpoints.load(checkpoint), [crop], device="cpu", amp="none")
+    assert result["score"] == pytest.approx(float(expected[0]), abs=1e-6)
