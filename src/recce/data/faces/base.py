@@ -53,7 +53,7 @@ def check_frame(frame: np.ndarray) -> None:
 
 
 class WholeImage:
-    """The face detector for ready-made face crops (the official `inference.py`'s input): the whole image is the face."""
+    """For ready-made face crops (what the official `inference.py` scores): the whole image is the face."""
 
     name = "none"
 
