@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from media import face_photo, write_tiny_manifest
@@ -19,7 +20,7 @@ from recce.data import manifest
 from recce.detectors import Preprocess
 from recce.detectors.recce import Recce
 from recce.engine.config import load_config
-from recce.engine.inference import score_images
+from recce.engine.inference import score_frames, score_images
 from recce.engine.runtime import resolve_amp
 from recce.engine.train import Trainer, _lr_lambda, is_better
 
@@ -146,3 +147,74 @@ def test_detect_scores_ready_made_face_crops(tmp_path: Path, capsys: pytest.Capt
     assert face["box"] == [0.0, 0.0, 70.0, 90.0]
     expected, _ = score_images(checkpoints.load(checkpoint), [crop], device="cpu", amp="none")
     assert result["score"] == pytest.approx(float(expected[0]), abs=1e-6)
+
+
+def _mixed_manifest(root: Path) -> Path:
+    """Test crops of FF++ at c23 and c40 (same videos), Celeb-DF (no compression) and WildDeepfake."""
+    rows = []
+    photos = {0: face_photo("astronaut"), 1: face_photo("grace_hopper")}
+    for dataset, compressions in (("ffpp", ("c23", "c40")), ("celebdf", ("",)), ("wilddeepfake", ("",))):
+        for compression in compressions:
+            for video in range(2):
+                label = video % 2
+                rel = f"{dataset}/{compression or 'x'}/{video}.png"
+                image = cv2.resize(photos[label][20 + video : 220 + video, 180:380], (40, 40))
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                rows.append(
+                    {
+                        "path": rel,
+                        "dataset": dataset,
+                        "split": "test",
+                        "video": str(video),
+                        "frame": 0,
+                        "label": label,
+                        "method": "Deepfakes" if label else "real",
+                        "compression": compression,
+                        "x1": 0.0,
+                        "y1": 0.0,
+                        "x2": 40.0,
+                        "y2": 40.0,
+                        "score": 1.0,
+                        "detector": "none",
+                    }
+                )
+    path = root / "manifest.parquet"
+    manifest.write(manifest.to_frame(rows), path)
+    return path
+
+
+def test_evaluation_follows_the_official_tester(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = Recce(preprocess=Preprocess(224)).eval()  # trained at 224: as on WildDeepfake (seed Tables 1 and 3)
+    checkpoint = checkpoints.save(model, tmp_path / "wild.safetensors")
+    manifest_path = _mixed_manifest(tmp_path)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(manifest_path), "--out", str(out)]
+    assert main([*argv, "--workers", "0", "--bootstrap", "10", "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    # FF++ c23 and c40 are two test sets; each dataset is tested at its own official size.
+    assert list(report["datasets"]) == ["celebdf", "ffpp/c23", "ffpp/c40", "wilddeepfake"]
+    sizes = {name: result["input_size"] for name, result in report["datasets"].items()}
+    assert sizes == {"celebdf": 299, "ffpp/c23": 299, "ffpp/c40": 299, "wilddeepfake": 224}
+    assert "wilddeepfake at 224 px" in printed and "ffpp/c23 at 299 px" in printed
+    scores = pd.read_parquet(out / "scores.parquet")
+    loaded = checkpoints.load(checkpoint)
+    for name, size in (("wilddeepfake", 224), ("ffpp", 299)):
+        rows = manifest.select(
+            manifest.read(manifest_path), datasets=[name], compressions=["c23"] if name == "ffpp" else None
+        )
+        direct = score_frames(loaded, rows, size=size, workers=0, device="cpu", amp="none", progress=False)
+        mine = scores.set_index("path").loc[direct["path"], "score"].to_numpy()
+        np.testing.assert_allclose(mine, direct["score"].to_numpy(), atol=1e-5)
+    assert report["datasets"]["ffpp/c23"]["frame"]["n"] == 2
+    # What `recce tables` reads: the checkpoint's hash and detector.
+    assert report["detector"] == "recce" and len(report["checkpoint_sha256"]) == 64
+    # A filter that removes whole datasets says so.
+    assert main([*argv, "--compressions", "c23", "--workers", "0", "--bootstrap", "10", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "dataset celebdf left out: no crops with compression c23" in err
+    assert "dataset wilddeepfake left out" in err
+    report = json.loads((out / "metrics.json").read_text())
+    assert list(report["datasets"]) == ["ffpp"] and set(report["excluded"]) == {"celebdf", "wilddeepfake"}

@@ -440,7 +440,7 @@ def evaluate(
         names = [name for name, p in preprocess_by_dataset.items() if p == preprocess]
         rows = frame[frame["dataset"].astype(str).isin(names)]
         parts.append(_scored(model, rows, preprocess, options, desc=f"scoring at {preprocess.input_size} px"))
-    scores = pd.concat(parts).loc[frame.index]
+    scores = pd.concat(parts, ignore_index=True)
     scores["test_set"] = test_rows(scores)
     label = label or Path(checkpoint).stem
     results = {}
