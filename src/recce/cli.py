@@ -19,6 +19,7 @@ COMMANDS = {
     "convert": "convert",
     "models": "models",
     "export": "export",
+    "tables": "tables",
 }
 
 
