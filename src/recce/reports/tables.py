@@ -325,7 +325,7 @@ def _read_t4(report: Report) -> list[Reading]:
         return [Reading(row=detector, train=train, missing=dict.fromkeys(FFPP_KEYS.values(), "not tested on FF++"))]
     per_method = result.get("per_method", {})
     values = {FFPP_KEYS[m]: _pct(r["frame"]["auc"]) for m, r in per_method.items() if m in FFPP_KEYS}
-    return [_t4_reading(detector, train, values, note=f"{detector} {train}: tested on {name}")]
+    return [_t4_reading(detector, train, values, note=f"{_row_label(4, detector)} {train}: tested on {name}")]
 
 
 def _t4_reading(detector: str, train: str, values: dict[str, float | None], note: str | None = None) -> Reading:
@@ -369,7 +369,8 @@ def _read_t5(report: Report) -> list[Reading]:
         reading.missing[AVERAGE] = "needs all five perturbations"
     levels = data.get("levels", [])
     if list(levels) != [1, 2, 3, 4, 5]:
-        reading.note = f"{detector}: AUC averaged over levels {' '.join(map(str, levels))} only"
+        label = _row_label(5, detector)
+        reading.note = f"{label}: AUC averaged over levels {' '.join(map(str, levels))} only"
     return [reading]
 
 
