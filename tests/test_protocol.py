@@ -17,9 +17,12 @@ from media import face_photo, write_tiny_manifest
 from recce import checkpoints
 from recce.cli import main
 from recce.data import manifest
+from recce.data.dataset import ManifestDataset
+from recce.data.perturb import perturb_sequence
 from recce.detectors import Preprocess
 from recce.detectors.recce import Recce
 from recce.engine.config import load_config
+from recce.engine.evaluate import SequencePerturbedDataset
 from recce.engine.inference import score_frames, score_images
 from recce.engine.runtime import resolve_amp
 from recce.engine.train import Trainer, _lr_lambda, is_better
@@ -218,3 +221,15 @@ def test_evaluation_follows_the_official_tester(tmp_path: Path, capsys: pytest.C
     assert "dataset wilddeepfake left out" in err
     report = json.loads((out / "metrics.json").read_text())
     assert list(report["datasets"]) == ["ffpp"] and set(report["excluded"]) == {"celebdf", "wilddeepfake"}
+
+
+def test_robustness_compresses_the_crops_of_a_video_together(tmp_path: Path) -> None:
+    frame = manifest.read(write_tiny_manifest(tmp_path, 48))
+    frame = frame[frame["split"] == "test"].iloc[::-1]  # a video's rows out of order: the encode restores it
+    dataset = SequencePerturbedDataset(frame, preprocess=Preprocess(48), kind="compression", level=3)
+    plain = ManifestDataset(frame, preprocess=Preprocess(48))
+    for video, rows in dataset.frame.groupby("video"):
+        ordered = rows.sort_values("frame").index.to_list()
+        expected = perturb_sequence([plain.load_image(i) for i in ordered], "compression", 3)
+        for position, index in enumerate(ordered):
+            np.testing.assert_array_equal(dataset.load_image(index), expected[position], err_msg=video)

@@ -346,9 +346,12 @@ def _read_t5(report: Report) -> list[Reading]:
     if report.protocol != "robustness":
         return []
     detector = data.get("detector")
-    trained_on, _ = _training(data)
+    trained_on, methods = _training(data)
     if trained_on != ["ffpp"]:
         return [Reading(row=detector, refused=f"{_trained_on_text(trained_on)}, not FF++ c23")]
+    if len(methods) != len(FFPP_KEYS):
+        listed = ", ".join(methods) or "none"
+        return [Reading(row=detector, refused=f"trained on FF++ methods {listed}; Table 5 trains on all four")]
     train_compressions = ((data.get("train_config") or {}).get("data") or {}).get("compressions")
     if train_compressions not in (None, ["c23"]):
         return [Reading(row=detector, refused=f"trained on FF++ {' '.join(train_compressions)}, not c23")]
