@@ -185,11 +185,13 @@ def checkpoint_record(path: str | os.PathLike) -> dict:
 
 
 def test_rows(frame: pd.DataFrame) -> pd.Series:
-    """Each crop's test row: its dataset, or `dataset/compression` where the selection holds several compressions
-    of one dataset (FF++ c23 and c40 are two test sets, never pooled)."""
+    """Each crop's test row: its dataset, or `dataset/compression` where the selection holds the same videos at
+    several compressions (FF++ c23 and c40 are two test sets, never pooled). A dataset whose videos each have
+    one compression (the synthetic benchmark's JPEG qualities) stays one row."""
     dataset = frame["dataset"].astype(str)
     compression = frame["compression"].astype(str)
-    several = compression.groupby(dataset).transform("nunique") > 1
+    per_video = compression.groupby([dataset, frame["video"].astype(str)]).transform("nunique")
+    several = per_video.groupby(dataset).transform("max") > 1
     return dataset.where(~several, dataset + "/" + compression)
 
 
