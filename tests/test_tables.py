@@ -20,7 +20,7 @@ from recce.cli import main
 from recce.data import manifest
 from recce.data.synthetic import SyntheticConfig, generate
 from recce.engine.config import load_config
-from recce.engine.evaluate import ScoringOptions, Selection, evaluate, robustness
+from recce.engine.evaluate import ScoringOptions, Selection, cross_manipulation, evaluate, robustness
 from recce.engine.train import train
 from recce.reports.tables import paper
 
@@ -112,6 +112,13 @@ def test_table4_from_four_single_method_runs(as_ffpp: Path, tmp_path: Path, caps
     assert "| Methods | Train | DF | F2F | FS | NT | Cross Avg. |" in markdown
     assert "| RECCE (Ours) | NT |" in markdown and "| *paper* |  | 78.83 | 80.89 | 63.70 | 93.63 | 74.47 |" in markdown
     assert "– (no run given)" in markdown and " 0.00 " not in markdown
+    # The same checkpoints through the cross-manipulation protocol fill the same cells.
+    checkpoints = {key: tmp_path / f"recce_{method}" / "best.safetensors" for method, key in KEYS.items()}
+    cross_manipulation(checkpoints, as_ffpp, tmp_path / "cross", selection=Selection(), options=OPTIONS)
+    assert main(["tables", "--table", "4", str(tmp_path / "cross"), "--out", str(tmp_path / "from_cross")]) == 0
+    again = json.loads((tmp_path / "from_cross" / "table4.json").read_text())
+    for row, other in zip(table["rows"], again["rows"], strict=True):
+        assert [c["value"] for c in row["cells"].values()] == [c["value"] for c in other["cells"].values()]
     lines = _read_csv(tmp_path / "tables" / "table4.csv")
     recce_df = [line for line in lines if line["Methods"] == "RECCE (Ours)" and line["Train"] == "DF"]
     assert [line["row"] for line in recce_df] == ["ours", "paper", "diff"]
