@@ -226,7 +226,7 @@ def _deeperforensics_encode(frames: list[np.ndarray], crf: int) -> list[np.ndarr
         container.mux(stream.encode(None))
     buffer.seek(0)
     with av.open(buffer) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        return [frame.to_ndarray(format="rgb24").copy() for frame in container.decode(video=0)]
 
 
 def test_video_compression_has_the_deeperforensics_severity() -> None:

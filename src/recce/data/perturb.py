@@ -158,35 +158,42 @@ def compress_sequence(frames: Sequence[np.ndarray], crf: int, fps: int = 25) -> 
     """DF's video compression: the frames as one libx264 stream at `crf` (x264 defaults otherwise), decoded.
 
     Frames of another size than the first are resized to it for the encode and back afterwards (face crops of
-    one video can differ by a pixel); yuv420p needs even sides, so the last row / column is replicated and cut.
+    one video can differ by a pixel).
+    The RGB <-> YUV 4:2:0 conversions are OpenCV's (BT.601), so no libswscale path depends on stray memory.
     """
     frames = [_check_image(frame) for frame in frames]
     if not frames:
         return []
     height, width = frames[0].shape[:2]
     encoder = av.CodecContext.create("libx264", "w")
-    encoder.width, encoder.height = width + width % 2, height + height % 2
+    # yuv420p needs even sides: the last row / column is replicated, and cut after decoding. The bitstream is not
+    # always bit-identical from call to call (libx264 through PyAV, one thread): outputs agree within codec noise.
+    pad_x, pad_y = width % 2, height % 2
+    encoder.width, encoder.height = width + pad_x, height + pad_y
     encoder.pix_fmt = "yuv420p"
     encoder.time_base = Fraction(1, fps)
     encoder.framerate = Fraction(fps, 1)
-    encoder.thread_count = 1  # one thread keeps the bitstream identical from run to run
+    encoder.thread_count = 1
     encoder.options = {"crf": str(crf)}
     packets = []
     for index, image in enumerate(frames):
         if image.shape[:2] != (height, width):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        padded = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24").reformat(format="yuv420p")
+        padded = np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(padded, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         frame.pts = index
         packets += encoder.encode(frame)
     packets += encoder.encode(None)
     decoder = av.CodecContext.create("h264", "r")
-    decoded = sorted((out for packet in [*packets, None] for out in decoder.decode(packet)), key=lambda f: f.pts)
+    decoder.thread_count = 1  # frame-threaded decoding hands out frames whose buffers it still writes to
+    decoded = []
+    for packet in [*packets, None]:
+        for out in decoder.decode(packet):  # converted at once: the decoder may reuse its frames
+            decoded.append((out.pts, cv2.cvtColor(out.to_ndarray(), cv2.COLOR_YUV2RGB_I420)[:height, :width]))
     if len(decoded) != len(frames):
         raise ValueError(f"H.264 round trip returned {len(decoded)} of {len(frames)} frames")
     outputs = []
-    for original, out in zip(frames, decoded, strict=True):
-        image = out.to_ndarray(format="rgb24")[:height, :width]
+    for original, (_, image) in zip(frames, sorted(decoded, key=lambda item: item[0]), strict=True):
         if original.shape[:2] != (height, width):
             image = cv2.resize(image, original.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         outputs.append(image)
