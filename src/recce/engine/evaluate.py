@@ -690,7 +690,8 @@ def robustness(
         [
             f"# Robustness: {label}\n",
             f"AUC (%) on `{dataset}` split `{selection.split}` with each perturbation applied to the face crops "
-            f"before the resize to {preprocess.input_size} px (deterministic per image). Clean: frame AUC "
+            f"before the resize to {preprocess.input_size} px (seeded per image; compression encodes each "
+            f"video's crops as one stream). Clean: frame AUC "
             f"{_pct(clean_result['frame']['auc'])}, video AUC {_pct(clean_result['video']['auc'])}.\n",
             "## Frame level (seed Table 5 layout: the Avg. row)\n",
             _markdown_table(header, _level_rows(frame_table)),
