@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+
+import av
 import cv2
 import numpy as np
 import pytest
+from media import moving_face_frames
 from skimage import data
 
 from recce.data import perturb as P
+from recce.data.faces import crop_face
 from recce.data.perturb import PERTURBATIONS, Perturbation, perturb, stable_seed
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -202,3 +207,38 @@ def test_perturbation_transform_and_bad_input(face: np.ndarray) -> None:
 def test_table5_columns_are_the_spec_df_types() -> None:
     df_code_of = {name: code for code, name in P.DF_CODES.items()}
     assert [df_code_of[kind] for kind in P.SEED_TABLE5] == ["VC", "GB", "CC", "CS", "JPEG"]
+
+
+def _psnr(frames: list[np.ndarray], outputs: list[np.ndarray]) -> float:
+    errors = [np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) for a, b in zip(frames, outputs, strict=True)]
+    return float(np.mean([10 * np.log10(255.0**2 / e) for e in errors]))
+
+
+def _deeperforensics_encode(frames: list[np.ndarray], crf: int) -> list[np.ndarray]:
+    """DF's `ffmpeg -i in -crf X out.mp4`: an mp4 through libx264 with every other setting at its default."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    buffer.seek(0)
+    with av.open(buffer) as container:
+        return [frame.to_ndarray(format="rgb24").copy() for frame in container.decode(video=0)]
+
+
+def test_video_compression_has_the_deeperforensics_severity() -> None:
+    frames, boxes = moving_face_frames(24, size=(240, 180), face_width=60)
+    crops = [crop_face(frame, box, 1.3, 96) for frame, box in zip(frames, boxes, strict=True)]
+    for level, crf in zip(LEVELS, PERTURBATIONS["compression"], strict=True):
+        reference = _psnr(crops, _deeperforensics_encode(crops, crf))
+        ours = _psnr(crops, P.perturb_sequence(crops, "VC", level))
+        assert abs(ours - reference) < 0.3, (level, ours, reference)
+        # Encoding each crop alone (a one-frame stream) is far harsher: what a per-image perturbation would do.
+        alone = _psnr(crops, [perturb(crop, "compression", level) for crop in crops])
+        assert alone < reference - 1.5, (level, alone, reference)
+    assert P.perturb_sequence(crops[:3], "compression", 2)[1].shape == crops[1].shape
+    with pytest.raises(ValueError, match="applied per image"):
+        P.perturb_sequence(crops, "blur", 1)

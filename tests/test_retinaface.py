@@ -24,6 +24,7 @@ from recce.data.faces import (
     postprocess,
     prior_boxes,
 )
+from recce.data.faces.retinaface import pixel_inclusive
 
 REFERENCE = REFERENCE_DIR
 GOLDEN = REFERENCE / "retinaface_mobilenet0.25_golden.safetensors"
@@ -194,6 +195,52 @@ def test_postprocess_keeps_the_right_faces(device: str) -> None:
                 np.testing.assert_allclose(face.landmarks, corners_and_centre, atol=1e-3)
 
 
+def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """biubug6's `py_cpu_nms` restated: widths count both end pixels (+1); keep overlaps <= threshold."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        i, rest = order[0], np.array(order[1:], dtype=int)
+        keep.append(int(i))
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        overlap = w * h / (areas[i] + areas[rest] - w * h)
+        order = [int(j) for j in rest[overlap <= threshold]]
+    return keep
+
+
+def test_nms_matches_the_reference_on_small_faces() -> None:
+    frame_hw = (64, 96)
+    priors = prior_boxes(*frame_hw)
+    rng = np.random.default_rng(3)
+    # Two 10-px boxes whose plain IoU is 0.385 (both kept by plain NMS) but whose inclusive overlap is 0.43
+    # (the reference suppresses the second), then a crowd of small random boxes.
+    boxes = [(10.0, 10.0, 19.0, 19.0), (14.0, 10.0, 23.0, 19.0)]
+    for _ in range(38):
+        x, y = rng.uniform(2, 80), rng.uniform(2, 48)
+        w, h = rng.uniform(4, 14, size=2)
+        boxes.append((x, y, x + w, y + h))
+    boxes = np.array(boxes)
+    scores = np.concatenate([[0.95, 0.9], rng.uniform(0.61, 0.89, size=len(boxes) - 2)])
+    loc = torch.zeros(1, len(priors), 4)
+    landm = torch.zeros(1, len(priors), 10)
+    conf = torch.zeros(1, len(priors), 2)
+    conf[..., 1] = -6.0
+    chosen = rng.choice(len(priors), size=len(boxes), replace=False)
+    for prior, box, score in zip(chosen, boxes, scores, strict=True):
+        box_loc, box_landm = encode(tuple(box), priors[prior], frame_hw)
+        loc[0, prior], landm[0, prior] = torch.tensor(box_loc), torch.tensor(box_landm)
+        conf[0, prior, 1] = math.log(score / (1 - score))
+    faces = postprocess(loc, conf, landm, priors, frame_hw, score_threshold=0.6)[0]
+    expected = reference_nms(boxes, scores, 0.4)
+    assert 1 not in expected  # the planted pair: the reference keeps only the more confident box
+    got = np.array([face.box for face in faces])
+    np.testing.assert_allclose(got, boxes[expected], atol=1e-3)
+    assert [face.score for face in faces] == pytest.approx(list(scores[expected]), abs=1e-6)
+
+
 def test_bad_checkpoint_files_give_one_line_naming_the_file(tmp_path: Path, mobilenet_file: Path) -> None:
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(mobilenet_file.read_bytes()[: mobilenet_file.stat().st_size // 2])
@@ -241,9 +288,9 @@ def test_detector_runs_end_to_end_and_batches_consistently(mobilenet_file: Path)
         scores = [face.score for face in faces]
         assert scores == sorted(scores, reverse=True) and all(s >= 0.3 for s in scores)
         assert len(faces) <= 750 and all(len(face.landmarks) == 5 for face in faces)
-        boxes = torch.tensor([face.box for face in faces])
+        boxes = pixel_inclusive(torch.tensor([face.box for face in faces]))
         overlaps = torchvision.ops.box_iou(boxes, boxes).fill_diagonal_(0)
-        assert overlaps.max() <= 0.4 + 1e-6  # what NMS at IoU 0.4 guarantees
+        assert overlaps.max() <= 0.4 + 1e-6  # what NMS at IoU 0.4 (inclusive pixel widths) guarantees
     # Thresholding before NMS must give what the reference's threshold-after-NMS gives.
     loose = RetinaFaceDetector(model, score_threshold=0.02, batch_size=2).detect([photo, flipped])[0]
     assert results[0] == [face for face in loose if face.score >= 0.3]

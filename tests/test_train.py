@@ -95,7 +95,7 @@ def test_training_improves_loss_and_exports_best(tmp_path, tiny_manifest):
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
     model = checkpoints.load(result.out / "best.safetensors")
     assert model.preprocess.input_size == SIZE
-    assert result.best["metric"] == "auc" and result.best["step"] in (12, 24)
+    assert result.best["metric"] == "acc" and result.best["step"] in (12, 24)
     for name in ("final.safetensors", "last.pt", "train.log", "config.yaml", "summary.json"):
         assert (result.out / name).is_file(), name
     assert any((result.out / "tensorboard").iterdir())

@@ -27,6 +27,7 @@ COMMANDS = {
     "convert": "convert a detector's published weights (authors' or DeepfakeBench's) into this project's .safetensors",
     "export": "export a checkpoint to ONNX (dynamic batch; p_fake and the detector's maps; preprocessing in metadata)",
     "weights": "list published trained weights per detector: where to get them, training data, preprocessing",
+    "tables": "write the paper's tables (seed Tables 1-5) from evaluation outputs, beside the published numbers",
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from recce import checkpoints
 from recce.commands import add_face_detector_argument
-from recce.data.faces import build_detector
+from recce.data.faces import WholeImage, build_detector
 from recce.detect import (
     AGGREGATIONS,
     DetectSettings,
@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames sampled evenly from each video (default 32)")
     parser.add_argument("--aggregate", choices=sorted(AGGREGATIONS), default="mean", help="file score from frames")
     parser.add_argument("--threshold", type=float, default=0.5, help="P(fake) at or above which a file is FAKE")
-    add_face_detector_argument(parser, "face detector: auto, haar or retinaface (default auto)")
+    add_face_detector_argument(
+        parser, "face detector: auto, haar, retinaface, or none: each image is already a face crop (default auto)"
+    )
     parser.add_argument("--weights", help="RetinaFace weights (mobilenet0.25_Final.pth or Resnet50_Final.pth)")
     parser.add_argument("--min-face-score", type=float, default=0.6, help="face detector confidence threshold")
     parser.add_argument("--largest-face-only", action="store_true", help="score only the most confident face")
@@ -47,8 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         model = checkpoints.load(args.checkpoint)
-        faces = build_detector(args.detector, args.weights, args.device, score_threshold=args.min_face_score)
+        whole = args.detector == "none"
+        faces = (
+            WholeImage()
+            if whole
+            else build_detector(args.detector, args.weights, args.device, score_threshold=args.min_face_score)
+        )
         settings = DetectSettings(
+            scale=1.0 if whole else DetectSettings.scale,
             frames=args.frames,
             aggregate=args.aggregate,
             all_faces=not args.largest_face_only,

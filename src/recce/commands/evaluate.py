@@ -57,11 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group = parser.add_argument_group("execution")
     run_group.add_argument("--batch-size", type=int, default=64, help="crops per forward (default 64)")
     run_group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run_group.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision (auto: bf16/fp16 on GPU)")
+    run_group.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default="none",
+        help="mixed precision (default none: fp32, as the official tester; auto: bf16/fp16 on GPU, faster)",
+    )
     run_group.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader worker processes"
     )
-    run_group.add_argument("--size", type=int, help="input side (default: the checkpoint's input_size)")
+    run_group.add_argument(
+        "--size",
+        type=int,
+        help="input side (default: the official tester's rule, the test dataset's size: 224 for wilddeepfake, 299 "
+        "otherwise, for checkpoints trained at 224 or 299 with a plain resize; else the checkpoint's input_size)",
+    )
     run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -126,9 +136,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {args.out}/robustness.md (mean AUC under perturbation {100 * average:.2f}%)")
         else:
             report = evaluate(args.checkpoint, args.manifest, args.out, **common)
-            for dataset, result in report["datasets"].items():
+            for name, reason in report["excluded"].items():
+                print(f"recce evaluate: dataset {name} left out: {reason}", file=sys.stderr)
+            for test_set, result in report["datasets"].items():
                 frame_auc, video_auc = result["frame"]["auc"], result["video"]["auc"]
-                print(f"{dataset}: frame AUC {100 * frame_auc:.2f}%, video AUC {100 * video_auc:.2f}%")
+                print(
+                    f"{test_set} at {result['input_size']} px: frame AUC {100 * frame_auc:.2f}%, "
+                    f"video AUC {100 * video_auc:.2f}%"
+                )
             print(f"wrote {args.out}/metrics.md")
     except (ValueError, OSError) as error:
         print(f"recce evaluate: {one_line(error)}", file=sys.stderr)

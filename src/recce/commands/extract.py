@@ -10,6 +10,8 @@ from recce.commands import add_face_detector_argument
 from recce.data.indexers import INDEXERS
 
 logger = logging.getLogger("recce")
+# Distributed as already-cropped face sequences, which the official loaders read frame by frame: every frame by default.
+FACE_SEQUENCE_DATASETS = ("wilddeepfake",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_argument("--extract-to", help="wilddeepfake: where archives are unpacked")
 
     sampling = parser.add_argument_group("frames").add_mutually_exclusive_group()
-    sampling.add_argument("--frames", type=int, default=32, help="frames per video, evenly spaced (default 32)")
+    sampling.add_argument(
+        "--frames",
+        type=int,
+        help="frames per video, evenly spaced (default 32; every frame for face-sequence datasets: wilddeepfake)",
+    )
     sampling.add_argument("--every", type=int, help="every K-th frame instead")
     sampling.add_argument("--all-frames", action="store_true", help="every frame instead")
 
@@ -92,11 +98,14 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sampling = "all" if args.all_frames else "every" if args.every is not None else "uniform"
+    whole_sequences = sampling == "uniform" and args.frames is None and args.dataset in FACE_SEQUENCE_DATASETS
+    if whole_sequences:
+        sampling = "all"
     try:
         shard_range = parse_shard(args.shard) if args.shard else None
         settings = ExtractSettings(
             sampling=sampling,
-            frames=args.frames,
+            frames=args.frames or 32,
             every=args.every or 1,
             detector=args.detector,
             weights=args.weights,
@@ -135,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         + (f", {summary.index_skipped} skipped by the indexer" if summary.index_skipped else "")
     )
     print(f"  frames: {summary.frames} sampled, {summary.faces} with a face, {summary.no_face} without")
+    if whole_sequences:
+        print(f"  every frame of each {args.dataset} sequence, as the official loader (--frames N to sample N)")
     print(f"  manifest: {collected.manifest}: {collected.rows} crops; {collected.no_face} faceless frames")
     if summary.failures:
         failures = collected.manifest.parent / output_names(shard_range)["failures"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,8 +31,8 @@ from torch import nn
 from recce import checkpoints
 from recce.data import manifest
 from recce.data.dataset import ManifestDataset
-from recce.data.perturb import LEVELS, SEED_TABLE5, Perturbation, stable_seed
-from recce.detectors import Detector, Preprocess
+from recce.data.perturb import LEVELS, SEED_TABLE5, SEQUENCE_KINDS, Perturbation, perturb_sequence, stable_seed
+from recce.detectors import Detector, Preprocess, detector_class
 from recce.engine.inference import preprocess_of, score_frames
 from recce.metrics import evaluate_scores, json_safe
 
@@ -50,6 +51,11 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 CROSS_AVERAGE = "Cross Avg."
 AVERAGE = "Avg."
+# The official tester resizes to the *test* dataset's size: 224 for WildDeepfake, 299 for the others. The rule is
+# applied to checkpoints trained at one of those sizes with a plain resize (RECCE's recipe and its baselines);
+# detectors with their own recipe (a resize-then-crop, another size) keep it. `--size` overrides both.
+OFFICIAL_TEST_SIZES: dict[str, int] = {"wilddeepfake": 224}
+OFFICIAL_DEFAULT_TEST_SIZE = 299
 
 
 class EvaluationError(ValueError):
@@ -72,7 +78,7 @@ class ScoringOptions:
 
     batch_size: int = 64
     device: str = "auto"
-    amp: str = "auto"
+    amp: str = "none"  # fp32, as the official tester
     workers: int = 2
     size: int | None = None  # input side; None = the checkpoint's input_size
     progress: bool = True
@@ -149,8 +155,75 @@ def load_detector(path: str | os.PathLike, size: int | None = None) -> tuple[Det
     return model, preprocess_of(model, size)
 
 
-def select_frames(manifest_path: str | os.PathLike, selection: Selection) -> pd.DataFrame:
-    """The selected rows of a manifest, refusing an empty selection or crops that are not on disk."""
+def test_preprocess(trained: Preprocess, dataset: str, size: int | None = None) -> Preprocess:
+    """The preprocessing a test dataset is scored with: `size` when given, else the official tester's rule."""
+    if size is not None:
+        return trained.at_size(size)
+    if trained.resize is None and trained.input_size in (*OFFICIAL_TEST_SIZES.values(), OFFICIAL_DEFAULT_TEST_SIZE):
+        return trained.at_size(OFFICIAL_TEST_SIZES.get(dataset, OFFICIAL_DEFAULT_TEST_SIZE))
+    return trained
+
+
+def checkpoint_record(path: str | os.PathLike) -> dict:
+    """What `recce tables` needs to know about a checkpoint: its hash and the provenance its training recorded."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    metadata = checkpoints.read_metadata(path)
+    provenance = metadata.get("provenance") or {}
+    cls = detector_class(metadata["detector"])
+    values = {**dataclasses.asdict(cls.Loss()), **metadata["config"]}
+    return {
+        "checkpoint": str(path),
+        "checkpoint_sha256": digest.hexdigest(),
+        "detector": metadata["detector"],
+        "detector_source": cls.source,
+        "choices": provenance.get("choices") or {name: values[name] for name in cls.choices if name in values},
+        "detector_config": metadata.get("config"),
+        "trained_on": provenance.get("trained_on"),  # None: not trained by recce (converted weights)
+        "trained_methods": provenance.get("methods"),
+        "train_config": provenance.get("train_config"),
+        "trained_input_size": metadata["preprocess"].input_size,
+    }
+
+
+def test_rows(frame: pd.DataFrame) -> pd.Series:
+    """Each crop's test row: its dataset, or `dataset/compression` where the selection holds the same videos at
+    several compressions (FF++ c23 and c40 are two test sets, never pooled). A dataset whose videos each have
+    one compression (the synthetic benchmark's JPEG qualities) stays one row."""
+    dataset = frame["dataset"].astype(str)
+    compression = frame["compression"].astype(str)
+    per_video = compression.groupby([dataset, frame["video"].astype(str)]).transform("nunique")
+    several = per_video.groupby(dataset).transform("max") > 1
+    return dataset.where(~several, dataset + "/" + compression)
+
+
+def excluded_datasets(frame: pd.DataFrame, chosen: pd.DataFrame, selection: Selection) -> dict[str, str]:
+    """Datasets of the split that the method or compression filters removed entirely, with the reason."""
+    split = manifest.select(frame, splits=[selection.split], datasets=selection.datasets)
+    kept = set(chosen["dataset"].astype(str))
+    reasons = {}
+    for dataset, rows in split.groupby("dataset", sort=True, observed=True):
+        if str(dataset) in kept:
+            continue
+        has = sorted(set(rows["compression"].astype(str)) - {""}) or ["none"]
+        if selection.compressions and manifest.select(rows, compressions=selection.compressions).empty:
+            reasons[str(dataset)] = (
+                f"no crops with compression {' '.join(selection.compressions)} (it has: {', '.join(has)})"
+            )
+        else:
+            reasons[str(dataset)] = f"no crops of methods {' '.join(selection.methods or [])}"
+    return reasons
+
+
+def select_frames(
+    manifest_path: str | os.PathLike, selection: Selection, excluded: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """The selected rows of a manifest, refusing an empty selection or crops that are not on disk.
+
+    Datasets of the split that the filters remove entirely are put into `excluded` with the reason.
+    """
     frame = manifest.read(manifest_path)
     chosen = manifest.select(
         frame,
@@ -159,6 +232,8 @@ def select_frames(manifest_path: str | os.PathLike, selection: Selection) -> pd.
         methods=selection.methods,
         compressions=selection.compressions,
     )
+    if excluded is not None:
+        excluded.update(excluded_datasets(frame, chosen, selection))
     if chosen.empty:
         filters = {
             "split": [selection.split],
@@ -192,7 +267,39 @@ def _single_dataset(frame: pd.DataFrame, manifest_path: str | os.PathLike, proto
             f"{manifest_path}: the {protocol} protocol needs one test dataset, the selection holds "
             f"{', '.join(datasets)}; pick one with --datasets"
         )
+    test_sets = sorted(test_rows(frame).unique())
+    if len(test_sets) != 1:
+        raise EvaluationError(
+            f"{manifest_path}: the {protocol} protocol needs one test set, the selection holds "
+            f"{', '.join(test_sets)}; pick one compression with --compressions"
+        )
     return str(datasets[0])
+
+
+class SequencePerturbedDataset(ManifestDataset):
+    """Crops perturbed together with the selected crops of their video, in frame order (DeeperForensics' video
+    compression encodes whole videos). Rows of a video should be adjacent, so each DataLoader worker encodes a
+    video once; the last video's output is kept."""
+
+    def __init__(self, frame: pd.DataFrame, *, preprocess: Preprocess, kind: str, level: int) -> None:
+        super().__init__(frame, preprocess=preprocess)
+        self.kind, self.level = kind, level
+        videos = self.frame["dataset"].astype(str) + "\x1f" + self.frame["video"].astype(str)
+        order = np.lexsort((self.frame["frame"].to_numpy(), videos.to_numpy()))
+        codes = pd.factorize(videos)[0]
+        self._members = [order[codes[order] == code] for code in range(codes.max() + 1)]
+        self._video_of = codes
+        self._cached: tuple[int, dict[int, np.ndarray]] = (-1, {})
+
+    def load_image(self, index: int) -> np.ndarray:
+        video = int(self._video_of[index])
+        if self._cached[0] != video:
+            members = self._members[video]
+            frames = perturb_sequence(
+                [ManifestDataset.load_image(self, int(i)) for i in members], self.kind, self.level
+            )
+            self._cached = (video, dict(zip(members.tolist(), frames, strict=True)))
+        return self._cached[1][index]
 
 
 def _scored(
@@ -203,9 +310,15 @@ def _scored(
     perturbation: SeededPerturbation | None = None,
     desc: str = "scoring",
 ) -> pd.DataFrame:
+    if perturbation is not None and perturbation.kind in SEQUENCE_KINDS:
+        dataset = SequencePerturbedDataset(
+            frame, preprocess=preprocess, kind=perturbation.kind, level=perturbation.level
+        )
+    else:
+        dataset = ManifestDataset(frame, preprocess=preprocess, perturbation=perturbation)
     return score_frames(
         model,
-        ManifestDataset(frame, preprocess=preprocess, perturbation=perturbation),
+        dataset,
         batch_size=options.batch_size,
         device=options.device,
         amp=options.amp,
@@ -242,7 +355,7 @@ def _metrics_markdown(report: Mapping, label: str) -> str:
     per_dataset = report["datasets"]
     names = [name for _, name in METRIC_COLUMNS]
     detail_header = ["Test set", *[f"{n} (frame)" for n in names], *[f"{n} (video)" for n in names]]
-    detail_header += ["AUC 95% CI (frame)", "frames", "videos"]
+    detail_header += ["AUC 95% CI (frame)", "frames", "videos", "input (px)"]
     detail = [
         [
             dataset,
@@ -251,6 +364,7 @@ def _metrics_markdown(report: Mapping, label: str) -> str:
             _ci(result["frame"]),
             str(result["frame"]["n"]),
             str(result["video"]["n"]),
+            str(result["input_size"]),
         ]
         for dataset, result in per_dataset.items()
     ]
@@ -263,14 +377,16 @@ def _metrics_markdown(report: Mapping, label: str) -> str:
     ]
     parts = [
         f"# Evaluation: {label}\n",
-        f"Detector `{report['detector']}` ({report['detector_source']}), checkpoint `{report['checkpoint']}`, input "
-        f"{report['input_size']} px, split `{report['split']}`, video score = {report['aggregate']} of frame scores. "
-        "AUC, EER, ACC and AP in %; ACC at P(fake) >= 0.5.\n",
+        f"Detector `{report['detector']}` ({report['detector_source']}), checkpoint `{report['checkpoint']}` "
+        f"(SHA-256 {report['checkpoint_sha256'][:12]}…), split `{report['split']}`, each test set at the input size in "
+        f"its row, video score = {report['aggregate']} of frame scores. AUC, EER, ACC and AP in %; ACC at P(fake) "
+        ">= 0.5.\n",
         *(
             [f"The detector's own choices (no reference decides them): {json.dumps(report['choices'])}.\n"]
             if report["choices"]
             else []
         ),
+        *[f"Left out: `{name}`: {reason}.\n" for name, reason in report["excluded"].items()],
         "## Per test set\n",
         _markdown_table(detail_header, detail),
         "## Cross-dataset summary (frame level, seed Table 3 layout)\n",
@@ -317,29 +433,58 @@ def evaluate(
     options: ScoringOptions = ScoringOptions(),
     label: str | None = None,
 ) -> dict:
-    """Score every selected frame and write scores, per-dataset metrics, metrics.md and roc.png under `out`."""
+    """Score every selected frame and write scores, per-test-set metrics, metrics.md and roc.png under `out`.
+
+    Test sets are the datasets, with FF++'s compressions apart (`ffpp/c23`, `ffpp/c40`); each is scored at the
+    official tester's size for it (`test_preprocess`) unless `options.size` says otherwise. Datasets that the
+    filters removed entirely are reported under `excluded` with the reason.
+    """
     out = Path(out)
-    frame = select_frames(manifest_path, selection)
+    excluded: dict[str, str] = {}
+    frame = select_frames(manifest_path, selection, excluded)
     _require_both_classes(frame, manifest_path, selection.split)
-    model, preprocess = load_detector(checkpoint, options.size)
-    scores = _scored(model, frame, preprocess, options)
+    model, trained = load_detector(checkpoint)
+    preprocess_by_dataset = {
+        str(dataset): test_preprocess(trained, str(dataset), options.size) for dataset in frame["dataset"].unique()
+    }
+    parts = []
+    for preprocess in dict.fromkeys(preprocess_by_dataset.values()):
+        names = [name for name, p in preprocess_by_dataset.items() if p == preprocess]
+        rows = frame[frame["dataset"].astype(str).isin(names)]
+        parts.append(_scored(model, rows, preprocess, options, desc=f"scoring at {preprocess.input_size} px"))
+    scores = pd.concat(parts, ignore_index=True)
+    scores["test_set"] = test_rows(scores)
     label = label or Path(checkpoint).stem
+    results = {}
+    for test_set, rows in scores.groupby("test_set", sort=True, observed=True):
+        dataset = str(rows["dataset"].iloc[0])
+        result = evaluate_scores(rows, options.aggregate, options.n_boot, options.seed)
+        compressions = sorted(set(rows["compression"].astype(str)) - {""})
+        results[str(test_set)] = {
+            "dataset": dataset,
+            "compressions": compressions,
+            "input_size": preprocess_by_dataset[dataset].input_size,
+            **result,
+        }
     report = {
         "label": label,
-        "detector": model.name,
-        "detector_source": model.source,
-        "choices": checkpoints.read_metadata(checkpoint)["provenance"].get("choices", model.chosen()),
-        "checkpoint": str(checkpoint),
+        "protocol": "dataset",
+        **checkpoint_record(checkpoint),
         "manifest": str(manifest_path),
         "split": selection.split,
-        "input_size": preprocess.input_size,
-        "preprocess": preprocess.to_dict(),
+        "filters": {
+            "datasets": selection.datasets,
+            "methods": selection.methods,
+            "compressions": selection.compressions,
+        },
+        "input_size": trained.input_size if options.size is None else options.size,
+        "preprocess": trained.to_dict(),
+        "input_sizes": {name: p.input_size for name, p in sorted(preprocess_by_dataset.items())},
+        "amp": options.amp,
         "aggregate": options.aggregate,
         "n_boot": options.n_boot,
-        "datasets": {
-            str(dataset): evaluate_scores(rows, options.aggregate, options.n_boot, options.seed)
-            for dataset, rows in scores.groupby("dataset", sort=True, observed=True)
-        },
+        "excluded": excluded,
+        "datasets": results,
     }
     _write_scores(scores, out / "scores", csv=True)
     _write_json(out / "metrics.json", report)
@@ -408,8 +553,11 @@ def cross_manipulation(
     key_of = {method: key for key, method in method_of.items()}
     cells: dict[str, dict[str, dict]] = {}
     all_scores = []
+    records = {}
     for number, (train_key, path) in enumerate(checkpoint_by_method.items(), start=1):
-        model, preprocess = load_detector(path, options.size)
+        model, trained = load_detector(path)
+        preprocess = test_preprocess(trained, dataset, options.size)
+        records[train_key] = {**checkpoint_record(path), "input_size": preprocess.input_size}
         scores = _scored(model, frame, preprocess, options, desc=f"{train_key} ({number}/{len(keys)})")
         result = evaluate_scores(scores, options.aggregate, options.n_boot, options.seed)
         cells[train_key] = {key_of[m]: result["per_method"][m] for m in method_of.values()}
@@ -423,12 +571,18 @@ def cross_manipulation(
     label = label or model.name
     report = {
         "label": label,
+        "protocol": "cross-manipulation",
+        "detector": model.name,
         "manifest": str(manifest_path),
         "dataset": dataset,
         "split": selection.split,
+        "compressions": sorted(set(frame["compression"].astype(str)) - {""}),
+        "frames": {"total": len(frame), "fake": int((frame["label"] == 1).sum())},
+        "amp": options.amp,
         "aggregate": options.aggregate,
         "methods": method_of,
         "checkpoints": {key: str(path) for key, path in checkpoint_by_method.items()},
+        "checkpoint_records": records,
         "auc": {train: table.loc[train].to_dict() for train in keys},
         "cells": cells,
     }
@@ -504,7 +658,9 @@ def robustness(
     frame = select_frames(manifest_path, selection)
     dataset = _single_dataset(frame, manifest_path, "robustness")
     _require_both_classes(frame, manifest_path, selection.split)
-    model, preprocess = load_detector(checkpoint, options.size)
+    frame = frame.sort_values(["video", "frame"], kind="stable")  # a video's crops adjacent: encoded once
+    model, trained = load_detector(checkpoint)
+    preprocess = test_preprocess(trained, dataset, options.size)
     clean = _scored(model, frame, preprocess, options)
     runs = [clean.assign(perturbation="none", level=0)]
     results: dict[str, dict[int, dict]] = {kind: {} for kind in kinds}
@@ -521,14 +677,15 @@ def robustness(
     label = label or Path(checkpoint).stem
     report = {
         "label": label,
-        "detector": model.name,
-        "detector_source": model.source,
-        "choices": checkpoints.read_metadata(checkpoint)["provenance"].get("choices", model.chosen()),
-        "checkpoint": str(checkpoint),
+        "protocol": "robustness",
+        **checkpoint_record(checkpoint),
         "manifest": str(manifest_path),
         "dataset": dataset,
         "split": selection.split,
+        "compressions": sorted(set(frame["compression"].astype(str)) - {""}),
+        "frames": {"total": len(frame), "fake": int((frame["label"] == 1).sum())},
         "input_size": preprocess.input_size,
+        "amp": options.amp,
         "aggregate": options.aggregate,
         "perturbations": kinds,
         "levels": levels,
@@ -543,7 +700,8 @@ def robustness(
         [
             f"# Robustness: {label}\n",
             f"AUC (%) on `{dataset}` split `{selection.split}` with each perturbation applied to the face crops "
-            f"before the resize to {preprocess.input_size} px (deterministic per image). Clean: frame AUC "
+            f"before the resize to {preprocess.input_size} px (seeded per image; compression encodes each "
+            f"video's crops as one stream). Clean: frame AUC "
             f"{_pct(clean_result['frame']['auc'])}, video AUC {_pct(clean_result['video']['auc'])}.\n",
             "## Frame level (seed Table 5 layout: the Avg. row)\n",
             _markdown_table(header, _level_rows(frame_table)),

@@ -22,9 +22,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """`auto` is bf16 on GPUs that support it, fp16 on older GPUs, and full precision on the CPU."""
+    """`auto` is bf16 on GPUs that support it, fp16 on older GPUs, and full precision on the CPU.
+
+    `fp16` (the official recipe: fp16 autocast with a grad scaler) is a GPU setting; on the CPU it runs in fp32.
+    """
     if amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        return "none"
     if amp != "auto":
         return amp
     if device.type == "cuda":

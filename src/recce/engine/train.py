@@ -137,6 +137,15 @@ def _lr_lambda(optim, step_size: int) -> Any:
     return factor
 
 
+def is_better(value: float, best: float | None, metric: str) -> bool:
+    """The official trainer's rule: a validation as good as the best so far (>=) replaces it; NaN never wins."""
+    if value != value:
+        return False
+    if best is None:
+        return True
+    return value >= best if SELECT_METRICS[metric] else value <= best
+
+
 class Trainer:
     """One training run; construct, then `run()`."""
 
@@ -350,9 +359,7 @@ class Trainer:
     def _select(self, metrics: dict[str, float]) -> None:
         name = self.config.train.select_metric
         value = metrics[f"val/{name}"]
-        higher = SELECT_METRICS[name]
-        better = self.best is None or (value > self.best["value"] if higher else value < self.best["value"])
-        if better and value == value:  # NaN never wins
+        if is_better(value, None if self.best is None else self.best["value"], name):
             self.best = {"metric": name, "value": value, "step": self.step, "metrics": metrics}
             self._export("best.safetensors", metrics)
             log.info("step %d: new best validation %s = %.4f", self.step, name, value)

@@ -1,6 +1,6 @@
 """Face detection (RetinaFace, Haar) and face crops for the RECCE pipeline."""
 
-from recce.data.faces.base import Face, FaceDetector, build_detector, choose_face
+from recce.data.faces.base import Face, FaceDetector, WholeImage, build_detector, choose_face
 from recce.data.faces.crop import crop_box, crop_face
 from recce.data.faces.haar import HaarDetector
 from recce.data.faces.retinaface import (
@@ -21,6 +21,7 @@ __all__ = [
     "HaarDetector",
     "RetinaFace",
     "RetinaFaceDetector",
+    "WholeImage",
     "build_detector",
     "choose_face",
     "crop_box",

@@ -52,6 +52,17 @@ def check_frame(frame: np.ndarray) -> None:
         raise ValueError(f"expected a non-empty frame, got shape {frame.shape}")
 
 
+class WholeImage:
+    """For ready-made face crops (what the official `inference.py` scores): the whole image is the face."""
+
+    name = "none"
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        for frame in frames:
+            check_frame(frame)
+        return [[Face(box=(0.0, 0.0, float(f.shape[1]), float(f.shape[0])), score=1.0)] for f in frames]
+
+
 def choose_face(faces: Sequence[Face], policy: str = "score", min_score: float = 0.0) -> Face | None:
     """The face to crop: the most confident ("score") or the biggest ("largest") of those >= min_score."""
     candidates = [face for face in faces if face.score >= min_score]

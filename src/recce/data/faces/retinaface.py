@@ -246,7 +246,8 @@ def postprocess(
 ) -> list[list[Face]]:
     """Faces per image from raw outputs (conf as logits) of a batch of frames of one size, as detect.py does.
 
-    Scores > 0.02, the 5,000 best, NMS at IoU 0.4, at most 750 per image, then the score threshold.
+    Scores > 0.02, the 5,000 best, NMS at IoU 0.4 with detect.py's inclusive pixel widths (x2 - x1 + 1), at
+    most 750 per image, then the score threshold.
     """
     height, width = frame_hw
     scores = conf.softmax(dim=-1)[..., 1]
@@ -260,7 +261,7 @@ def postprocess(
     scale = torch.tensor([width, height], dtype=torch.float32, device=loc.device)
     boxes = decode_boxes(loc[image_index, prior_index], priors[prior_index]) * scale.repeat(2)
     points = decode_landmarks(landm[image_index, prior_index], priors[prior_index]) * scale.repeat(5)
-    keep = torchvision.ops.batched_nms(boxes, kept_scores, image_index, NMS_IOU)  # by decreasing score
+    keep = torchvision.ops.batched_nms(pixel_inclusive(boxes), kept_scores, image_index, NMS_IOU)  # by score
     kept_image = image_index[keep]
     rank_in_image = F.one_hot(kept_image, len(loc)).cumsum(0)[torch.arange(len(keep), device=keep.device), kept_image]
     keep = keep[rank_in_image <= KEEP_TOP_K]
@@ -272,6 +273,14 @@ def postprocess(
         landmarks = tuple(zip(values[4::2], values[5::2], strict=True))
         per_image[int(image)].append(Face(box=tuple(values[:4]), score=score, landmarks=landmarks))
     return per_image
+
+
+def pixel_inclusive(boxes: Tensor) -> Tensor:
+    """Boxes whose plain IoU equals the reference's `py_cpu_nms` overlap, which counts both end pixels (+1).
+
+    Adding 1 to x2 and y2 makes every width, height and intersection side one pixel longer, exactly as there.
+    """
+    return boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])
 
 
 @lru_cache(maxsize=16)

@@ -1,0 +1,1 @@
+"""Reports assembled from evaluation outputs: the seed's tables (`recce tables`)."""
