@@ -32,13 +32,16 @@ class Preprocess:
     """How pixels must be prepared for a detector; recorded in checkpoints so every consumer feeds it correctly.
 
     Crops are resized to `resize` (or straight to `input_size` when None), centre-cropped to `input_size` (randomly
-    cropped in training), and normalised per channel: (x / 255 - mean) / std.
+    cropped in training), and normalised per channel: (x / 255 - mean) / std. With `face_mask` the tensor gets a
+    4th channel, the soft face mask in [0, 1] rendered from the crop's landmarks (`recce.data.faces.mask`), cropped
+    and flipped with the image, so every consumer keeps passing one tensor.
     """
 
     input_size: int = 299
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     resize: int | None = None
+    face_mask: bool = False  # append the landmark face mask as a 4th input channel (Add-Net)
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -49,6 +52,11 @@ class Preprocess:
             raise DetectorConfigError(f"resize must be an integer in {self.input_size}..4096, got {self.resize!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise DetectorConfigError(f"mean and std need three values, std positive; got {self.mean}, {self.std}")
+
+    @property
+    def channels(self) -> int:
+        """Channels of the detector's input tensor: RGB, plus the face mask when asked for."""
+        return 4 if self.face_mask else 3
 
     @property
     def load_size(self) -> int:
@@ -70,10 +78,10 @@ class Preprocess:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def denormalise(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised B x 3 x H x W back to [0, 1]."""
+        """Normalised B x 3 x H x W (the RGB channels of a masked input) back to [0, 1]."""
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images.float() * std + mean).clamp(0, 1)
+        return (images[:, :3].float() * std + mean).clamp(0, 1)
 
 
 class DetectorOutput(NamedTuple):
