@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 COLUMNS: dict[str, str] = {
@@ -27,6 +28,9 @@ COLUMNS: dict[str, str] = {
     "score": "float32",  # detector confidence (1.0 for already-cropped inputs)
     "detector": "string",  # retinaface-mobilenet0.25, retinaface-resnet50, haar, none, synthetic
 }
+# Optional columns: kept when present, absent from manifests made before them (every reader copes without).
+LANDMARKS = "landmarks"  # 10 floats: five (x, y) face points in the crop, normalised to [0, 1]; null when unknown
+LANDMARKS_SOURCE = "landmarks_source"  # "detected" (the face detector's) or "box" (approximated from the box)
 
 
 class ManifestError(ValueError):
@@ -35,11 +39,28 @@ class ManifestError(ValueError):
 
 def to_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     """Build a manifest frame with the canonical column order and dtypes."""
-    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows), columns=list(COLUMNS))
+    if isinstance(rows, pd.DataFrame):
+        frame = rows.copy()
+    else:
+        rows = list(rows)
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(COLUMNS))
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"manifest rows lack columns: {', '.join(missing)}")
-    return frame[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
+    columns = list(COLUMNS) + [c for c in (LANDMARKS, LANDMARKS_SOURCE) if c in frame.columns]
+    frame = frame[columns].astype(COLUMNS).reset_index(drop=True)
+    if LANDMARKS in frame.columns:
+        frame[LANDMARKS] = pd.Series([_points(v) for v in frame[LANDMARKS]], dtype=object)
+    if LANDMARKS_SOURCE in frame.columns:
+        frame[LANDMARKS_SOURCE] = frame[LANDMARKS_SOURCE].astype("string").fillna("")
+    return frame
+
+
+def _points(value) -> np.ndarray | None:
+    """A landmarks cell as 10 float32, or None (missing, or NaN where frames with and without were joined)."""
+    if value is None or (np.isscalar(value) and pd.isna(value)):
+        return None
+    return np.asarray(value, dtype=np.float32).reshape(10)
 
 
 def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -67,6 +88,7 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
     frame = to_frame(frame)
     root = path.resolve().parent
     frame["abspath"] = [str(root / p) for p in frame["path"]]
+    frame.attrs["path"] = str(path)  # so a reader of a selection can still name the file in its messages
     return frame
 
 
