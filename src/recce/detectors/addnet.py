@@ -63,8 +63,8 @@ class AddNet(Detector):
     source = "re-implementation"
     paper = "Zi et al., WildDeepfake: A Challenging Real-World Dataset for Deepfake Detection (ACM MM 2020)"
     reference = (
-        "the ADDNet-2D figures of the WildDeepfake README (deepfakeinthewild/deepfake-in-the-wild); no code was "
-        "published. Face mask: this project's recipe from five landmarks (recce.data.faces.mask.MaskShape)"
+        "the ADDNet-2D figures of the WildDeepfake repositories' README (no code was published); the face mask is "
+        "this project's recipe from five landmarks (recce.data.faces.mask.MaskShape)"
     )
     choices = ("drop_rate", "flooding")
 
