@@ -1,4 +1,4 @@
-"""`recce manifest`: merge shard manifests into one, and summarise a manifest's contents."""
+"""`recce manifest`: merge shard manifests into one, summarise a manifest, add face landmarks to one."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import sys
 import pandas as pd
 
 from recce.data import manifest
+from recce.data.faces.base import DETECTOR_NAMES
 
-HELP = "merge manifests (e.g. extraction shards) or show what a manifest holds"
+HELP = "merge manifests (e.g. extraction shards), show what a manifest holds, or add face landmarks to it"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("inputs", nargs="+", metavar="IN", help="manifests to merge")
     info = actions.add_parser("info", help="rows, videos and crops by dataset, split, label and method")
     info.add_argument("manifest", help="manifest to describe")
+    marks = actions.add_parser(
+        "landmarks",
+        help="add five face landmarks per crop (for face-mask detectors such as Add-Net) by running the face "
+        "detector on the crops; rows that have them are kept unless --redo",
+    )
+    marks.add_argument("manifest", help="manifest to complete (rewritten in place unless --out)")
+    marks.add_argument("--out", help="write the completed manifest here instead (in the same folder)")
+    marks.add_argument(
+        "--face-detector",
+        choices=DETECTOR_NAMES,
+        default="auto",
+        help="auto (RetinaFace when weights are given, else Haar, whose landmarks are approximated from its box)",
+    )
+    marks.add_argument("--weights", help="RetinaFace weights (or set RECCE_RETINAFACE_WEIGHTS)")
+    marks.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    marks.add_argument("--min-score", type=float, default=0.6, help="ignore faces scoring lower (default 0.6)")
+    marks.add_argument(
+        "--scale",
+        type=float,
+        default=1.3,
+        help="crop side / face side the crops were cut with, to place the points where no face is found (1.3)",
+    )
+    marks.add_argument("--batch-size", type=int, default=16, help="crops per face-detector call (default 16)")
+    marks.add_argument("--redo", action="store_true", help="recompute the landmarks of every row")
+    marks.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def describe(frame: pd.DataFrame) -> pd.DataFrame:
@@ -29,6 +55,8 @@ def describe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.action == "landmarks":
+            return _landmarks(args)
         if args.action == "merge":
             merged = manifest.merge(args.inputs, args.out)
             print(f"{args.out}: {len(merged)} crops from {len(args.inputs)} manifests")
@@ -41,4 +69,37 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.manifest}: {len(frame)} crops from {videos} videos")
     if len(frame):
         print(describe(frame).to_string(index=False))
+    return 0
+
+
+def _landmarks(args: argparse.Namespace) -> int:
+    from recce.data.faces import build_detector
+    from recce.data.landmarks import add_landmarks
+
+    try:
+        detector = build_detector(
+            args.face_detector,
+            weights=args.weights,
+            device=args.device,
+            score_threshold=args.min_score,
+            batch_size=args.batch_size,
+        )
+        summary = add_landmarks(
+            args.manifest,
+            detector,
+            out=args.out,
+            scale=args.scale,
+            redo=args.redo,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+    except (ValueError, OSError) as error:  # ManifestError is a ValueError
+        print(f"recce manifest: {error}", file=sys.stderr)
+        return 2
+    found = ", ".join(f"{count} {source}" for source, count in sorted(summary.sources.items())) or "none"
+    print(f"{summary.manifest}: {summary.rows} crops, {summary.todo} needed landmarks ({detector.name}): {found}")
+    print('  sources: "detected" by the face detector, "box" placed in its box (Haar), "crop" no face found')
+    if summary.failures:
+        print(f"  {len(summary.failures)} crops could not be read and still have none, e.g. {summary.failures[0][0]}")
+        return 1
     return 0

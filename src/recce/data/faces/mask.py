@@ -25,6 +25,7 @@ from recce.data.faces.base import Face
 LANDMARK_NAMES = ("left eye", "right eye", "nose", "left mouth corner", "right mouth corner")
 LANDMARKS_DETECTED = "detected"  # the face detector's own landmarks (RetinaFace)
 LANDMARKS_APPROXIMATED = "box"  # placed in the face box by `CANONICAL_LANDMARKS` (Haar has none)
+LANDMARKS_ASSUMED = "crop"  # no face found in a crop: placed in the box the crop is assumed to be centred on
 
 # Where the five points sit in a frontal face box of OpenCV's Haar cascade, as fractions of the box (x, y);
 # measured by eye on the test photos (astronaut, Grace Hopper), a rough frontal-face average.
