@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
-from recce import checkpoints
+from recce import __version__, checkpoints
 from recce.cli import main
-from recce.models import Recce, Xception
+from recce.detectors import Preprocess, create_detector
+from recce.detectors.recce import Recce
+from recce.detectors.xception import Xception
 
 SMALL = torch.rand(2, 3, 64, 64) * 2 - 1
 
@@ -32,10 +38,31 @@ def _same_function(a, b):
 
 @pytest.mark.parametrize("model", [Recce(aggregation="nonlocal", multi_scale=False), Xception(num_classes=2)])
 def test_round_trip_rebuilds_the_model(tmp_path, model):
-    path = checkpoints.save(model, tmp_path / "m.safetensors", extra={"input_size": 64})
+    model.preprocess = Preprocess(64, mean=(0.4, 0.5, 0.6), std=(0.25, 0.25, 0.25))
+    path = checkpoints.save(model, tmp_path / "m.safetensors", provenance={"step": 7})
     loaded = checkpoints.load(path)
     assert type(loaded) is type(model) and loaded.config == model.config
-    assert loaded.checkpoint_extra == {"input_size": 64}
+    assert loaded.preprocess == model.preprocess
+    meta = checkpoints.read_metadata(path)
+    assert meta["provenance"] == {"step": 7} and meta["detector"] == model.name and meta["version"] == __version__
+    assert meta["head"] == ("sigmoid" if model.config.num_classes == 1 else "softmax")
+    _same_function(model, loaded)
+
+
+def test_first_format_files_still_load(tmp_path):
+    """Files written before the detector registry (format recce-forgery/1) load with their input size."""
+    model = Recce(aggregation="sum")
+    path = tmp_path / "old.safetensors"
+    metadata = {
+        "format": "recce-forgery/1",
+        "architecture": "recce",
+        "config": json.dumps(dataclasses.asdict(model.config)),
+        "extra": json.dumps({"input_size": 96, "step": 3}),
+    }
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=metadata)
+    loaded = checkpoints.load(path)
+    assert loaded.config.aggregation == "sum" and loaded.preprocess == Preprocess(96)
+    assert checkpoints.read_metadata(path)["provenance"] == {"input_size": 96, "step": 3}
     _same_function(model, loaded)
 
 
@@ -90,7 +117,7 @@ def test_bad_files_get_one_clear_line(tmp_path, capsys):
             checkpoints.from_official(path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
         assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 2
-        assert capsys.readouterr().out.count("\n") == 1
+        assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "out.safetensors").exists()
 
 
@@ -116,8 +143,8 @@ def test_imagenet_xception_weights_load_from_a_local_file(tmp_path):
     source = timm.create_model("legacy_xception", pretrained=False)
     path = tmp_path / "xception-43020ad28.pth"
     torch.save(source.state_dict(), path)
-    model = Recce(pretrained=path)
+    model = create_detector("recce", pretrained=str(path))
     torch.testing.assert_close(model.encoder.block7.rep[1].pointwise.weight, source.block7.rep[1].pointwise.weight)
     with pytest.raises(checkpoints.CheckpointError, match="not ImageNet Xception"):
         torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-        Recce(pretrained=tmp_path / "bad.pth")
+        create_detector("xception", pretrained=str(tmp_path / "bad.pth"))

@@ -49,7 +49,7 @@ def expected_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 def test_known_crop_gives_the_exact_tensor(manifest_path):
-    dataset = ManifestDataset(manifest_path, size=6)
+    dataset = ManifestDataset(manifest_path, preprocess=6)
     image, label = dataset[1]
     assert image.dtype == torch.float32 and image.shape == (3, 6, 6)
     assert torch.equal(image, expected_tensor(crop_image(5)))  # RGB order, exact normalisation
@@ -67,7 +67,7 @@ def test_resize_is_bilinear_without_keeping_the_aspect(tmp_path):
     row = dict(path="c.png", dataset="d", split="test", video="v", frame=0, label=1, method="m")
     row |= dict(compression="", x1=0, y1=0, x2=2, y2=3, score=1.0, detector="none")
     path = manifest.write(manifest.to_frame([row]), tmp_path / "m.parquet")
-    image, _ = ManifestDataset(path, size=4)[0]
+    image, _ = ManifestDataset(path, preprocess=4)[0]
     expected = np.zeros((4, 4, 3), np.uint8)
     expected[..., 0] = [0, 25, 75, 100]
     expected[..., 1] = 40
@@ -75,11 +75,11 @@ def test_resize_is_bilinear_without_keeping_the_aspect(tmp_path):
 
 
 def test_flips_only_in_training_and_reproducibly(manifest_path):
-    plain = ManifestDataset(manifest_path, size=6)[0][0]
-    assert torch.equal(ManifestDataset(manifest_path, size=6, train=True, flip_p=1.0)[0][0], plain.flip(-1))
-    assert torch.equal(ManifestDataset(manifest_path, size=6, train=False, flip_p=1.0)[0][0], plain)
+    plain = ManifestDataset(manifest_path, preprocess=6)[0][0]
+    assert torch.equal(ManifestDataset(manifest_path, preprocess=6, train=True, flip_p=1.0)[0][0], plain.flip(-1))
+    assert torch.equal(ManifestDataset(manifest_path, preprocess=6, train=False, flip_p=1.0)[0][0], plain)
 
-    train = ManifestDataset(manifest_path, size=6, train=True)
+    train = ManifestDataset(manifest_path, preprocess=6, train=True)
 
     def flips(seed: int) -> list[bool]:
         torch.manual_seed(seed)
@@ -90,7 +90,7 @@ def test_flips_only_in_training_and_reproducibly(manifest_path):
 
 
 def test_flips_reproducible_across_dataloader_workers(manifest_path):
-    dataset = ManifestDataset(manifest_path, size=6, train=True)
+    dataset = ManifestDataset(manifest_path, preprocess=6, train=True)
 
     def epoch() -> torch.Tensor:
         torch.manual_seed(7)
@@ -98,7 +98,7 @@ def test_flips_reproducible_across_dataloader_workers(manifest_path):
 
     first, second = epoch(), epoch()
     assert torch.equal(first, second)
-    unflipped = torch.stack([ManifestDataset(manifest_path, size=6)[i][0] for i in range(len(dataset))])
+    unflipped = torch.stack([ManifestDataset(manifest_path, preprocess=6)[i][0] for i in range(len(dataset))])
     flipped = [not torch.equal(a, b) for a, b in zip(first, unflipped, strict=True)]
     assert any(flipped) and not all(flipped)
 
@@ -110,13 +110,13 @@ def test_perturbation_runs_before_resize_with_a_stable_seed(manifest_path):
         calls.append((image.shape, seed))
         return image // 2
 
-    dataset = ManifestDataset(manifest_path, size=3, perturbation=darken)
+    dataset = ManifestDataset(manifest_path, preprocess=3, perturbation=darken)
     image, _ = dataset[2]
     path = dataset.frame["path"][2]
     assert calls == [((6, 6, 3), row_seed(path))]
     resized = cv2.resize(crop_image(10) // 2, (3, 3), interpolation=cv2.INTER_LINEAR)
     assert torch.equal(image, expected_tensor(resized))
-    reordered = ManifestDataset(manifest.read(manifest_path).iloc[::-1], size=3, perturbation=darken)
+    reordered = ManifestDataset(manifest.read(manifest_path).iloc[::-1], preprocess=3, perturbation=darken)
     reordered[reordered.frame["path"].tolist().index(path)]
     assert calls[-1] == calls[0]
     assert len({row_seed(p) for p in dataset.frame["path"]}) == len(dataset)
@@ -124,10 +124,10 @@ def test_perturbation_runs_before_resize_with_a_stable_seed(manifest_path):
 
 
 def test_filters_meta_and_labels(manifest_path):
-    dataset = ManifestDataset(manifest_path, datasets=["ffpp"], splits=["train"], methods=["Deepfakes"], size=6)
+    dataset = ManifestDataset(manifest_path, datasets=["ffpp"], splits=["train"], methods=["Deepfakes"], preprocess=6)
     assert sorted(set(dataset.frame["video"])) == ["Deepfakes/000_003", "youtube/000"]  # reals stay
     assert dataset.labels.tolist() == [0, 0, 1, 1]
-    c40 = ManifestDataset(manifest_path, compressions=["c40"], return_meta=True, size=6)
+    c40 = ManifestDataset(manifest_path, compressions=["c40"], return_meta=True, preprocess=6)
     image, label, meta = c40[0]
     assert meta["path"].endswith(meta["video"] + f"/{meta['frame']:06d}.png")
     assert meta | {"path": None} == {
@@ -147,7 +147,7 @@ def test_filters_meta_and_labels(manifest_path):
 
 
 def test_unreadable_crop_names_the_file(manifest_path):
-    dataset = ManifestDataset(manifest_path, size=6)
+    dataset = ManifestDataset(manifest_path, preprocess=6)
     broken = dataset.frame["abspath"][3]
     with open(broken, "wb") as file:
         file.write(b"not a png")

@@ -13,7 +13,7 @@ def test_short_demo_writes_report_and_a_detect_ready_checkpoint(tmp_path, capsys
     args = ["demo", "--out", str(out), "--steps", "6", "--identities", "24", "--size", "48", "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "held-out AUC on the manipulations RECCE trained on:" in printed
+    assert "held-out AUC on the manipulations recce trained on:" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["within_method_auc"] <= 1.0
     methods = {row["method"]: row["seen in training"] for row in summary["per_method"]}
@@ -22,5 +22,5 @@ def test_short_demo_writes_report_and_a_detect_ready_checkpoint(tmp_path, capsys
         assert (out / name).is_file(), name
     assert list((out / "masks").glob("*.png"))
     model = checkpoints.load(out / "recce-demo.safetensors")
-    assert model.checkpoint_extra["input_size"] == 48
+    assert model.name == "recce" and model.preprocess.input_size == 48
     assert "Within-method AUC" in (out / "report.md").read_text()

@@ -12,8 +12,9 @@ from media import background, face_photo, write_face_video, write_text_as_video,
 from recce import checkpoints
 from recce.cli import main
 from recce.data.faces import build_detector
-from recce.detect import Detector, DetectSettings
-from recce.models import Recce
+from recce.detect import DetectSettings, MediaScorer
+from recce.detectors import Preprocess
+from recce.detectors.recce import Recce
 
 SIZE = 64
 
@@ -21,7 +22,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "recce.safetensors"
-    return checkpoints.save(Recce().eval(), path, extra={"input_size": SIZE})
+    return checkpoints.save(Recce(preprocess=Preprocess(SIZE)).eval(), path)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def media(tmp_path_factory):
 
 def test_video_scores_per_face_frame_and_file(checkpoint, media):
     root, boxes = media
-    detector = Detector(checkpoints.load(checkpoint), build_detector("haar"), DetectSettings(frames=5, batch_size=4))
+    detector = MediaScorer(checkpoints.load(checkpoint), build_detector("haar"), DetectSettings(frames=5, batch_size=4))
     result, crops = detector.score_file(root / "face.mp4", keep_crops=True)
     assert result.error is None and result.kind == "video"
     assert result.frames == 5 and result.frames_with_face == 5

@@ -22,8 +22,9 @@ from recce.cli import main
 from recce.data import manifest
 from recce.data.perturb import SEED_TABLE5
 from recce.data.video import read_image
+from recce.detectors import Preprocess
+from recce.detectors.recce import Recce
 from recce.engine.inference import score_frames, score_images
-from recce.models import Recce
 
 SIZE = 64
 CROP = 72  # crops are stored larger than the input size, so the resize path runs
@@ -94,11 +95,11 @@ def checkpoint_pair(tmp_path_factory) -> tuple[Path, Path]:
     """Two random RECCE checkpoints at 64 px that score differently (the second has a flipped head)."""
     folder = tmp_path_factory.mktemp("checkpoints")
     torch.manual_seed(1)
-    model = Recce()
-    first = checkpoints.save(model, folder / "a.safetensors", extra={"input_size": SIZE})
+    model = Recce(preprocess=Preprocess(SIZE))
+    first = checkpoints.save(model, folder / "a.safetensors")
     with torch.no_grad():
         model.fc.weight.neg_()
-    second = checkpoints.save(model, folder / "b.safetensors", extra={"input_size": SIZE})
+    second = checkpoints.save(model, folder / "b.safetensors")
     return first, second
 
 
@@ -121,8 +122,9 @@ def test_batching_order_and_in_memory_scoring_agree(data, checkpoint_pair):
     scores, maps = score_images(model, images, batch_size=3, device="cpu", maps=True)
     np.testing.assert_allclose(scores, runs[-1]["score"], rtol=1e-5, atol=1e-6)
     assert len(maps) == len(images)
-    assert maps[0].reconstruction.shape == (SIZE, SIZE, 3) and maps[0].reconstruction.dtype == np.uint8
-    assert maps[0].attention.ndim == 2 and 0 <= maps[0].attention.min() <= maps[0].attention.max() <= 1
+    assert maps[0]["reconstruction"].shape == (SIZE, SIZE, 3) and maps[0]["reconstruction"].dtype == np.uint8
+    assert maps[0]["difference"].shape == (SIZE, SIZE) and maps[0]["difference"].min() >= 0
+    assert maps[0]["attention"].ndim == 2 and 0 <= maps[0]["attention"].min() <= maps[0]["attention"].max() <= 1
     assert score_images(model, np.stack(images[:2]), device="cpu")[1] is None
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recce.detectors.recce import RecceOutput
 from recce.losses import RecceLoss, metric_loss, reconstruction_loss
-from recce.models import RecceOutput
 
 
 def _output(batch: int, classes: int = 1) -> RecceOutput:
     sims = tuple(torch.rand(batch, batch) for _ in range(3))
-    return RecceOutput(torch.randn(batch, classes), torch.rand(batch, 3, 8, 8) * 2 - 1, sims)
+    return RecceOutput(
+        torch.randn(batch, classes), {"reconstruction": torch.rand(batch, 3, 8, 8) * 2 - 1}, {"similarities": sims}
+    )
 
 
 def test_metric_loss_by_hand():

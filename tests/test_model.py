@@ -7,9 +7,10 @@ import itertools
 import pytest
 import torch
 
+from recce.detectors.layers.graph_reasoning import AGGREGATIONS, GraphReasoning
+from recce.detectors.recce import Recce, RecceOutput
+from recce.detectors.xception import Xception
 from recce.losses import RecceLoss
-from recce.models import Recce, RecceOutput, Xception
-from recce.models.graph_reasoning import AGGREGATIONS, GraphReasoning
 
 SMALL = 64
 
@@ -149,11 +150,11 @@ def test_two_class_head_and_xception_baseline():
     for model in (Recce(num_classes=2).train(), Xception(num_classes=2).train()):
         out = model(images)
         assert out.logits.shape == (2, 2)
-        losses = RecceLoss()(out, images, labels)
+        losses = model.loss(out, images, labels, model.Loss())
         losses["total"].backward()
         assert torch.isfinite(losses["total"])
     baseline = Xception().train()(images)
-    assert baseline.reconstruction is None and baseline.similarities == ()
+    assert baseline.maps == {} and baseline.aux == {}
 
 
 def test_invalid_options_are_rejected():

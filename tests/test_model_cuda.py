@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recce.detectors.layers.graph_reasoning import GraphReasoning
+from recce.detectors.recce import Recce
 from recce.losses import RecceLoss
-from recce.models import Recce
-from recce.models.graph_reasoning import GraphReasoning
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU, and torch sees none")
 

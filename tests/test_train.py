@@ -80,7 +80,7 @@ def _config(tmp_path: Path, manifest_path: Path, *extra: str):
         "data.compressions=null",
         *extra,
     ]
-    return load_config(Path(__file__).parents[1] / "configs" / "recce_ffpp_c23.yaml", overrides)
+    return load_config(Path(__file__).parents[1] / "configs" / "recce" / "ffpp_c23.yaml", overrides)
 
 
 def _losses(run: Path) -> list[tuple[int, float]]:
@@ -132,7 +132,7 @@ def test_training_improves_loss_and_exports_best(tmp_path, tiny_manifest):
     assert len(losses) == 24 and result.finished
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
     model = checkpoints.load(result.out / "best.safetensors")
-    assert model.checkpoint_extra["input_size"] == SIZE
+    assert model.preprocess.input_size == SIZE
     assert result.best["metric"] == "auc" and result.best["step"] in (12, 24)
     for name in ("final.safetensors", "last.pt", "train.log", "config.yaml", "summary.json"):
         assert (result.out / name).is_file(), name

@@ -14,9 +14,11 @@ from recce import checkpoints
 from recce.cli import main
 from recce.data import manifest
 from recce.data.dataset import row_seed
+from recce.detectors import Preprocess
+from recce.detectors.recce import Recce
+from recce.detectors.xception import Xception
 from recce.engine.evaluate import SeededPerturbation
 from recce.engine.inference import score_images
-from recce.models import Recce, Xception
 from recce.visualize import MaskRow, mask_grid, mask_panel
 
 SIZE = 64
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(3)
-    return checkpoints.save(Recce(), tmp_path_factory.mktemp("ckpt") / "recce.safetensors", extra={"input_size": SIZE})
+    return checkpoints.save(Recce(preprocess=Preprocess(SIZE)), tmp_path_factory.mktemp("ckpt") / "recce.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,13 @@ def _index_scores(index: str) -> dict[str, list[float]]:
 def test_mask_panel_shows_the_reconstruction_error():
     image = face_patch("astronaut", face_width=40)[0][:64, :64]
     attention = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
-    perfect = mask_panel(image, image.copy(), attention, 0.25, "perfect")
-    inverted = mask_panel(image, 255 - image, attention, 0.25, "perfect")
+
+    def maps(reconstruction):
+        difference = np.abs(image.astype(np.float32) - reconstruction).mean(axis=2) / 255
+        return {"reconstruction": reconstruction, "difference": difference, "attention": attention}
+
+    perfect = mask_panel(image, maps(image.copy()), 0.25, "perfect")
+    inverted = mask_panel(image, maps(255 - image), 0.25, "perfect")
     assert perfect.dtype == np.uint8 and perfect.ndim == 3 and perfect.shape[2] == 3
     assert perfect.shape == inverted.shape
     changed = np.any(perfect != inverted, axis=2)
@@ -80,7 +87,7 @@ def test_mask_panel_shows_the_reconstruction_error():
     width = perfect.shape[1]
     # the input and attention columns are identical; the reconstruction and heatmap columns differ
     assert columns.min() > width // 5 and columns.max() < 3 * width // 4
-    grid = mask_grid([MaskRow(image, image, attention, 0.5, f"row {i}") for i in range(3)])
+    grid = mask_grid([MaskRow(image, maps(image), 0.5, f"row {i}") for i in range(3)])
     assert grid.shape[1] == width and grid.shape[0] == pytest.approx(3 * perfect.shape[0], rel=0.02)
 
 
@@ -130,7 +137,6 @@ def test_visualize_perturb_draws_one_row_per_perturbation(checkpoint, crops, tmp
 
 
 def test_visualize_bad_inputs_give_one_line_and_exit_2(checkpoint, crops, tmp_path, capsys):
-    xception = checkpoints.save(Xception(), tmp_path / "xception.safetensors", extra={"input_size": SIZE})
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"no image here")
     face = str(crops / "faces" / "astronaut_0.png")
@@ -141,9 +147,16 @@ def test_visualize_bad_inputs_give_one_line_and_exit_2(checkpoint, crops, tmp_pa
             "none.safetensors: checkpoint not found",
         ),
         (["--checkpoint", str(checkpoint), "--images", str(broken)], "broken.png: not a readable image"),
-        (["--checkpoint", str(xception), "--images", face], "difference masks need a RECCE checkpoint"),
     ]
     for args, message in cases:
         assert main(["visualize", *args, "--out", str(tmp_path / "out")]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("recce visualize: ") and message in lines[0], lines
+
+
+def test_a_detector_without_maps_gets_input_only_panels(crops, tmp_path):
+    xception = checkpoints.save(Xception(preprocess=Preprocess(SIZE)), tmp_path / "xception.safetensors")
+    face = str(crops / "faces" / "astronaut_0.png")
+    out = tmp_path / "out"
+    assert main(["visualize", "--checkpoint", str(xception), "--images", face, "--out", str(out)]) == 0
+    assert len(list(out.glob("*.png"))) == 1 and "# xception maps" in (out / "index.md").read_text()

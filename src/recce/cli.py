@@ -17,6 +17,8 @@ COMMANDS = {
     "detect": "detect",
     "demo": "demo",
     "convert": "convert",
+    "models": "models",
+    "export": "export",
 }
 
 

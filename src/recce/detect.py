@@ -1,4 +1,4 @@
-"""Score people's own images and videos: sample frames, find faces, crop them as in training, run RECCE.
+"""Score people's own images and videos: sample frames, find faces, crop them as in training, run a detector.
 
 Per face: P(fake) of the 1.3x conservative crop. Per frame: the highest face score (the most suspicious face).
 Per file: the aggregate (mean by default) of its frame scores over the sampled frames that have a face.
@@ -22,7 +22,7 @@ from recce.data.faces.crop import crop_landmarks
 from recce.data.faces.mask import face_landmarks
 from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from recce.data.video import MediaError, probe, read_frames, read_image, sample_indices
-from recce.engine.inference import input_size, score_images
+from recce.engine.inference import preprocess_of, score_images
 
 AGGREGATIONS = {"mean": np.mean, "median": np.median, "max": np.max}
 
@@ -106,14 +106,14 @@ def _frames(path: Path, kind: str, count: int) -> Iterator[tuple[int, np.ndarray
     raise MediaError(f"{path}: not an image or video (extension {path.suffix or 'none'})")
 
 
-class Detector:
-    """A face detector and a RECCE checkpoint, ready to score files."""
+class MediaScorer:
+    """A face detector and a forgery detector, ready to score files."""
 
     def __init__(self, model: nn.Module, faces: FaceDetector, settings: DetectSettings = DetectSettings()):
         self.model = model
         self.faces = faces
         self.settings = settings
-        self.size = input_size(model)
+        self.size = preprocess_of(model).load_size
 
     def score_file(self, path: str | os.PathLike, keep_crops: bool = False) -> tuple[FileResult, list]:
         """Score one file; with `keep_crops`, also return (crop, maps) per face for mask panels."""
@@ -200,11 +200,8 @@ def _save_masks(folder: Path, number: int, result: FileResult, crops: list) -> N
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{number:04d}_{Path(result.path).stem}"
     for k, (face, (crop, maps)) in enumerate(zip(result.faces, crops, strict=True)):
-        if maps.reconstruction is None:
-            return  # the Xception baseline has no reconstruction to show
-        crop = cv2.resize(crop, maps.reconstruction.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         title = f"{Path(result.path).name} frame {face.frame} face {k}"
-        panel = mask_panel(crop, maps.reconstruction, maps.attention, face.score, title)
+        panel = mask_panel(crop, maps, face.score, title)
         target = folder / f"{stem}_f{face.frame:06d}_{k}.png"
         tmp = target.with_name(f".{target.name}.tmp.png")
         cv2.imwrite(str(tmp), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))

@@ -1,9 +1,10 @@
-"""Difference masks (seed Figure 1): what RECCE reconstructs of a face, where it differs, and where it attends.
+"""Map panels (seed Figure 1 for RECCE): a face as the detector sees it, and the maps it can show of it.
 
-A panel row shows the crop as the model sees it (resized to the input size), the reconstruction x̂, the
-reconstruction error |x - x̂| averaged over channels as a heatmap, and the reconstruction-guided attention map
-(block8 grid, bilinearly upsampled) over the crop. With perturbations, one row per perturbed copy of the face
-shows whether the masks stay consistent under interference. Rows of one figure share the heatmap scale.
+A panel row shows the crop at the detector's input size, then one column per map the detector declares: images
+(RECCE's reconstruction x̂) as they are, heatmaps (RECCE's |x − x̂| and guided attention, RFM's forgery attention,
+MultiAtt's attention maps) over the crop, each scaled to the range its values take in the figure so that a
+low-contrast map stays readable (the colour bar gives the values). With perturbations, one row per perturbed copy of
+the face shows whether the maps stay consistent under interference.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,20 +24,24 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
+from recce.checkpoints import unwrap
 from recce.data.dataset import row_seed
 from recce.data.video import read_image
 from recce.engine.evaluate import SeededPerturbation, atomic_path
-from recce.engine.inference import score_images
+from recce.engine.inference import FaceMaps, score_images
 
-COLUMN_TITLES = ("input", "reconstruction x̂", "|x − x̂| (mean over RGB)", "attention")
+MAP_TITLES = {
+    "reconstruction": "reconstruction x̂",
+    "difference": "|x − x̂| (mean over RGB)",
+    "attention": "attention",
+}
 
 
 class MaskRow(NamedTuple):
-    """One face (or one perturbed copy of it) and what the model made of it."""
+    """One face (or one perturbed copy of it) and what the detector made of it."""
 
-    image: np.ndarray  # RGB uint8 crop, any size (resized to the reconstruction's size for display)
-    reconstruction: np.ndarray  # RGB uint8 at the model's input size
-    attention: np.ndarray  # h x w float in [0, 1]
+    image: np.ndarray  # RGB uint8 crop, any size (resized to the detector's input size for display)
+    maps: FaceMaps  # the detector's named maps of it (`score_images(..., maps=True)`)
     score: float  # P(fake)
     title: str
 
@@ -59,50 +64,53 @@ class Panel:
     scores: dict[str, float]
 
 
-def _difference(image: np.ndarray, reconstruction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(crop at the reconstruction's size, |x - x̂| mean over channels in [0, 1])."""
-    height, width = reconstruction.shape[:2]
-    if image.shape[:2] != (height, width):
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    diff = np.abs(image.astype(np.float32) - reconstruction.astype(np.float32)).mean(axis=2) / 255.0
-    return image, diff
+def _ranges(rows: Sequence[MaskRow], names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Each heatmap's value range over the figure's rows (shared, so rows compare)."""
+    ranges = {}
+    for name in names:
+        values = [row.maps[name] for row in rows if row.maps[name].ndim == 2]
+        if values:
+            low, high = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+            ranges[name] = (low, high if high > low else low + 1e-6)
+    return ranges
 
 
-def mask_grid(rows: Sequence[MaskRow]) -> np.ndarray:
-    """A figure with one row per MaskRow (input, reconstruction, difference heatmap, attention), as RGB uint8."""
+def mask_grid(rows: Sequence[MaskRow], size: int | None = None) -> np.ndarray:
+    """A figure with one row per MaskRow (the input, then each map), as RGB uint8; crops shown at `size`."""
     if not rows:
         raise ValueError("mask_grid needs at least one row")
-    shown = [_difference(row.image, row.reconstruction) for row in rows]
-    diff_max = max(float(diff.max()) for _, diff in shown) or 1.0
-    figure = Figure(figsize=(14, 3.3 * len(rows)), dpi=100, layout="constrained")
+    names = list(rows[0].maps)
+    ranges = _ranges(rows, names)
+    side = size or rows[0].image.shape[0]
+    figure = Figure(figsize=(3.6 * (1 + len(names)), 3.3 * len(rows)), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(rows), 4, squeeze=False)
-    for row, (image, diff), cells in zip(rows, shown, axes, strict=True):
-        height, width = image.shape[:2]
-        attention = cv2.resize(
-            np.asarray(row.attention, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR
-        )
+    axes = figure.subplots(len(rows), 1 + len(names), squeeze=False)
+    for row, cells in zip(rows, axes, strict=True):
+        image = row.image
+        if image.shape[:2] != (side, side):
+            image = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
         cells[0].imshow(image)
-        cells[1].imshow(row.reconstruction)
-        heat = cells[2].imshow(diff, cmap="inferno", vmin=0.0, vmax=diff_max)
-        figure.colorbar(heat, ax=cells[2], fraction=0.046, pad=0.02)
-        cells[3].imshow(image)
-        gate = cells[3].imshow(attention, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
-        figure.colorbar(gate, ax=cells[3], fraction=0.046, pad=0.02)
         cells[0].set_title(f"{textwrap.fill(row.title, 40)}\nP(fake) = {row.score:.3f}", fontsize=10)
-        for cell, name in zip(cells[1:], COLUMN_TITLES[1:], strict=True):
-            cell.set_title(name, fontsize=10)
+        for cell, name in zip(cells[1:], names, strict=True):
+            value = row.maps[name]
+            if value.ndim == 3:
+                cell.imshow(value)
+            else:
+                heat = cv2.resize(value.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+                cell.imshow(image)
+                low, high = ranges[name]
+                shown = cell.imshow(heat, cmap="jet", alpha=0.5, vmin=low, vmax=high)
+                figure.colorbar(shown, ax=cell, fraction=0.046, pad=0.02)
+            cell.set_title(MAP_TITLES.get(name, name), fontsize=10)
         for cell in cells:
             cell.set_axis_off()
     figure.canvas.draw()
     return np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
 
 
-def mask_panel(
-    image_rgb: np.ndarray, reconstruction: np.ndarray, attention: np.ndarray, score: float, title: str
-) -> np.ndarray:
-    """One face's panel as an RGB uint8 image (for `recce detect --save-masks` too)."""
-    return mask_grid([MaskRow(image_rgb, reconstruction, attention, score, title)])
+def mask_panel(image_rgb: np.ndarray, maps: Mapping[str, np.ndarray], score: float, title: str) -> np.ndarray:
+    """One face's panel as an RGB uint8 image (for `recce detect --save-masks` and the web app too)."""
+    return mask_grid([MaskRow(image_rgb, dict(maps), score, title)])
 
 
 def manifest_items(frame: pd.DataFrame, limit: int) -> list[FaceItem]:
@@ -149,8 +157,7 @@ def write_panels(
     amp: str = "auto",
 ) -> list[Panel]:
     """One PNG per face (one row per perturbation when given) and an index.md listing them."""
-    if getattr(model, "architecture", None) != "recce":
-        raise ValueError("difference masks need a RECCE checkpoint (this model has no reconstruction or attention)")
+    detector = unwrap(model)
     out = Path(out)
     panels = []
     for index, item in enumerate(items):
@@ -159,25 +166,19 @@ def write_panels(
             model, [image for _, image in variants], size=size, device=device, amp=amp, maps=True
         )
         rows = [
-            MaskRow(
-                image,
-                m.reconstruction,
-                m.attention,
-                float(score),
-                f"{item.title} · {name}" if perturbations else item.title,
-            )
+            MaskRow(image, m, float(score), f"{item.title} · {name}" if perturbations else item.title)
             for (name, image), m, score in zip(variants, maps, scores, strict=True)
         ]
         path = out / _file_name(index, item.key)
-        _write_png(path, mask_grid(rows))
+        _write_png(path, mask_grid(rows, detector.preprocess.at_size(size).input_size))
         panels.append(Panel(path, item.title, {name: float(s) for (name, _), s in zip(variants, scores, strict=True)}))
-    _write_index(out / "index.md", panels, perturbations, level)
+    _write_index(out / "index.md", panels, perturbations, level, detector.name)
     return panels
 
 
-def _write_index(path: Path, panels: Sequence[Panel], perturbations: Sequence[str], level: int) -> None:
+def _write_index(path: Path, panels: Sequence[Panel], perturbations: Sequence[str], level: int, name: str) -> None:
     names = list(panels[0].scores) if panels else ["clean"]
-    lines = ["# RECCE difference masks\n"]
+    lines = [f"# {name} maps\n"]
     if perturbations:
         lines.append(f"Each panel: one row per perturbation at level {level} (the first row is clean).\n")
     lines.append("| # | face | " + " | ".join(f"P(fake) {n}" for n in names) + " | panel |")

@@ -9,10 +9,11 @@ import sys
 from dataclasses import asdict
 
 from recce import checkpoints
+from recce.commands import add_face_detector_argument
 from recce.data.faces import build_detector
-from recce.detect import AGGREGATIONS, Detector, DetectSettings, FileResult
+from recce.detect import AGGREGATIONS, DetectSettings, FileResult, MediaScorer
 
-HELP = "score your own images, videos or folders of them with a RECCE checkpoint"
+HELP = "score your own images, videos or folders of them with a trained detector's checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames sampled evenly from each video (default 32)")
     parser.add_argument("--aggregate", choices=sorted(AGGREGATIONS), default="mean", help="file score from frames")
     parser.add_argument("--threshold", type=float, default=0.5, help="P(fake) at or above which a file is FAKE")
-    parser.add_argument("--detector", default="auto", help="face detector: auto, haar or retinaface (default auto)")
+    add_face_detector_argument(parser, "face detector: auto, haar or retinaface (default auto)")
     parser.add_argument("--weights", help="RetinaFace weights (mobilenet0.25_Final.pth or Resnet50_Final.pth)")
     parser.add_argument("--min-face-score", type=float, default=0.6, help="face detector confidence threshold")
     parser.add_argument("--largest-face-only", action="store_true", help="score only the most confident face")
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print every face, frame and file as JSON")
     output.add_argument("--csv", action="store_true", help="print one CSV row per file")
-    parser.add_argument("--save-masks", metavar="DIR", help="write a difference-mask panel per face into DIR")
+    parser.add_argument("--save-masks", metavar="DIR", help="write a panel of the detector's maps per face into DIR")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -45,17 +46,17 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
         )
-        detector = Detector(model, faces, settings)
+        scorer = MediaScorer(model, faces, settings)
     except (checkpoints.CheckpointError, ValueError) as error:
         print(f"recce detect: {error}")
         return 2
-    results = detector.score_files(args.paths, args.save_masks, progress=not args.no_progress)
+    results = scorer.score_files(args.paths, args.save_masks, progress=not args.no_progress)
     if args.json:
         print(json.dumps([_as_dict(r, args.threshold) for r in results], indent=2))
     elif args.csv:
         _write_csv(results, args.threshold)
     else:
-        _print_table(results, args.threshold, faces.name)
+        _print_table(results, args.threshold, f"{model.name} detector, face detector: {faces.name}")
     return 0
 
 
@@ -74,7 +75,7 @@ def _write_csv(results: list[FileResult], threshold: float) -> None:
         writer.writerow([*row, r.error or "", r.warning or ""])
 
 
-def _print_table(results: list[FileResult], threshold: float, detector_name: str) -> None:
+def _print_table(results: list[FileResult], threshold: float, detectors: str) -> None:
     rows = [("file", "kind", "frames", "with face", "P(fake)", "verdict")]
     for r in results:
         score = "" if r.score is None else f"{r.score:.3f}"
@@ -86,7 +87,7 @@ def _print_table(results: list[FileResult], threshold: float, detector_name: str
     no_face = sum(r.error is None and r.score is None for r in results)
     print(
         f"{len(results)} file(s): {len(results) - len(failed) - no_face} scored, {no_face} without a face, "
-        f"{len(failed)} failed (face detector: {detector_name}, threshold {threshold})"
+        f"{len(failed)} failed ({detectors}, threshold {threshold})"
     )
     for r in failed:
         print(f"  failed: {r.error}")

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from recce.commands import add_face_detector_argument
 from recce.data.indexers import INDEXERS
 
 HELP = "extract face crops from a dataset's videos into a manifest (resumable, parallel, shardable)"
@@ -43,10 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--all-frames", action="store_true", help="every frame instead")
 
     faces = parser.add_argument_group("faces")
-    faces.add_argument(
-        "--detector",
-        default="auto",
-        help="auto (RetinaFace when weights are given, else Haar), retinaface, retinaface-mobilenet0.25, "
+    add_face_detector_argument(
+        faces,
+        "auto (RetinaFace when weights are given, else Haar), retinaface, retinaface-mobilenet0.25, "
         "retinaface-resnet50, haar, or none: the whole image is the crop, stored unresized "
         "(already-cropped faces such as WildDeepfake's)",
     )

@@ -1,4 +1,4 @@
-"""`recce train`: train RECCE (or the Xception baseline) from a YAML config with the paper's recipe."""
+"""`recce train`: train any registered detector from a YAML config (configs/<detector>/<dataset>.yaml)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import argparse
 from recce.checkpoints import CheckpointError
 from recce.engine.config import ConfigError, load_config
 
-HELP = "train RECCE with the paper's recipe from a YAML config (multi-GPU: torchrun --nproc_per_node N -m recce train)"
+HELP = "train a detector from a YAML config, e.g. configs/recce/ffpp_c23.yaml (multi-GPU: torchrun ... -m recce train)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file in configs/ (defaults: the paper's FF++ recipe)")
+    parser.add_argument("--config", help="YAML file, e.g. configs/recce/ffpp_c23.yaml (`recce models` lists detectors)")
     parser.add_argument(
         "overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000 data.workers=8"
     )

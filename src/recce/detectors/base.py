@@ -46,8 +46,8 @@ class Preprocess:
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if not isinstance(self.input_size, int) or not 16 <= self.input_size <= 2048:
-            raise DetectorConfigError(f"input size must be an integer in 16..2048, got {self.input_size!r}")
+        if not isinstance(self.input_size, int) or not 1 <= self.input_size <= 2048:
+            raise DetectorConfigError(f"input size must be an integer in 1..2048, got {self.input_size!r}")
         if self.resize is not None and (not isinstance(self.resize, int) or not self.input_size <= self.resize <= 4096):
             raise DetectorConfigError(f"resize must be an integer in {self.input_size}..4096, got {self.resize!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -146,6 +146,11 @@ class Detector(nn.Module):
             raise DetectorConfigError(f"num_classes must be 1 (sigmoid) or 2 (softmax), got {config.num_classes}")
         self.config = config
         self.preprocess = preprocess or self.default_preprocess
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the input tensor (3; a detector that takes extra planes, such as a face mask, says more)."""
+        return 3
 
     @property
     def head(self) -> str:

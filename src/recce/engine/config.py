@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,13 @@ class DataSection:
 
 @dataclass
 class OptimSection:
+    name: str = "adam"  # adam | adamw
     lr: float = 2e-4
     weight_decay: float = 1e-5
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     step_size: int = 22500  # StepLR stepped every iteration: x gamma every step_size iterations
+    step_epochs: float | None = None  # instead of step_size: x gamma every this many training epochs
     gamma: float = 0.5
     warmup_steps: int = 0  # linear warm-up (off in the official config)
 
@@ -136,6 +139,7 @@ class TrainConfig:
         return detector
 
 
+OPTIMIZERS = ("adam", "adamw")
 SELECT_METRICS = {"auc": True, "acc": True, "ap": True, "log_loss": False, "eer": False}  # name -> higher is better
 
 
@@ -198,11 +202,23 @@ def _apply(config: TrainConfig, values: dict[str, Any], source: str) -> None:
             setattr(section, key, value)
 
 
+def _moved_config(path: Path) -> Path:
+    """Configs moved to configs/<detector>/<dataset>.yaml: the old flat names still work, with a warning."""
+    if path.exists():
+        return path
+    detector, _, rest = path.stem.partition("_")
+    for moved in (path.parent / detector / f"{rest}{path.suffix}", path.parent / "recce" / path.name):
+        if rest and moved.is_file():
+            print(f"recce: {path} moved to {moved}; the old name is deprecated", file=sys.stderr)
+            return moved
+    return path
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """The paper's defaults, then the YAML file (with its bases), then `section.key=value` overrides."""
     config = TrainConfig()
     if path is not None:
-        _apply(config, _read_yaml(Path(path).resolve()), str(path))
+        _apply(config, _read_yaml(_moved_config(Path(path)).resolve()), str(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
@@ -228,7 +244,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("data.manifest is not set (the manifest written by `recce extract` or `recce synth`)")
     from recce.engine.runtime import AMP_MODES
 
-    choices = {"train.amp": (t.amp, AMP_MODES)}
+    choices = {"train.amp": (t.amp, AMP_MODES), "optim.name": (config.optim.name, OPTIMIZERS)}
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")

@@ -31,7 +31,8 @@ from recce import checkpoints
 from recce.data import manifest
 from recce.data.dataset import ManifestDataset
 from recce.data.perturb import LEVELS, SEED_TABLE5, Perturbation, stable_seed
-from recce.engine.inference import input_size, score_frames
+from recce.detectors import Detector, Preprocess
+from recce.engine.inference import preprocess_of, score_frames
 from recce.metrics import evaluate_scores, json_safe
 
 FFPP_ABBREVIATIONS: dict[str, str] = {
@@ -140,12 +141,12 @@ def _save_figure(figure: Figure, path: Path) -> None:
         figure.savefig(tmp, format="png", dpi=120)
 
 
-def load_detector(path: str | os.PathLike, size: int | None = None) -> tuple[nn.Module, int]:
-    """The checkpoint's model (on the CPU, eval mode) and the input side it is evaluated at."""
+def load_detector(path: str | os.PathLike, size: int | None = None) -> tuple[Detector, Preprocess]:
+    """The checkpoint's detector (on the CPU, eval mode) and the preprocessing it is evaluated with."""
     if not Path(path).is_file():
         raise EvaluationError(f"{path}: checkpoint not found")
     model = checkpoints.load(path)
-    return model, input_size(model, size)
+    return model, preprocess_of(model, size)
 
 
 def select_frames(manifest_path: str | os.PathLike, selection: Selection) -> pd.DataFrame:
@@ -197,14 +198,14 @@ def _single_dataset(frame: pd.DataFrame, manifest_path: str | os.PathLike, proto
 def _scored(
     model: nn.Module,
     frame: pd.DataFrame,
-    size: int,
+    preprocess: Preprocess,
     options: ScoringOptions,
     perturbation: SeededPerturbation | None = None,
     desc: str = "scoring",
 ) -> pd.DataFrame:
     return score_frames(
         model,
-        ManifestDataset(frame, size=size, perturbation=perturbation),
+        ManifestDataset(frame, preprocess=preprocess, perturbation=perturbation),
         batch_size=options.batch_size,
         device=options.device,
         amp=options.amp,
@@ -314,15 +315,17 @@ def evaluate(
     out = Path(out)
     frame = select_frames(manifest_path, selection)
     _require_both_classes(frame, manifest_path, selection.split)
-    model, size = load_detector(checkpoint, options.size)
-    scores = _scored(model, frame, size, options)
+    model, preprocess = load_detector(checkpoint, options.size)
+    scores = _scored(model, frame, preprocess, options)
     label = label or Path(checkpoint).stem
     report = {
         "label": label,
+        "detector": model.name,
         "checkpoint": str(checkpoint),
         "manifest": str(manifest_path),
         "split": selection.split,
-        "input_size": size,
+        "input_size": preprocess.input_size,
+        "preprocess": preprocess.to_dict(),
         "aggregate": options.aggregate,
         "n_boot": options.n_boot,
         "datasets": {
@@ -398,8 +401,8 @@ def cross_manipulation(
     cells: dict[str, dict[str, dict]] = {}
     all_scores = []
     for number, (train_key, path) in enumerate(checkpoint_by_method.items(), start=1):
-        model, size = load_detector(path, options.size)
-        scores = _scored(model, frame, size, options, desc=f"{train_key} ({number}/{len(keys)})")
+        model, preprocess = load_detector(path, options.size)
+        scores = _scored(model, frame, preprocess, options, desc=f"{train_key} ({number}/{len(keys)})")
         result = evaluate_scores(scores, options.aggregate, options.n_boot, options.seed)
         cells[train_key] = {key_of[m]: result["per_method"][m] for m in method_of.values()}
         all_scores.append(scores.assign(train=train_key, checkpoint=str(path)))
@@ -409,7 +412,7 @@ def cross_manipulation(
     values = table.to_numpy()
     table[CROSS_AVERAGE] = (values.sum(axis=1) - np.diag(values)) / (len(keys) - 1)
     table.index.name = "train"
-    label = label or "RECCE"
+    label = label or model.name
     report = {
         "label": label,
         "manifest": str(manifest_path),
@@ -493,13 +496,13 @@ def robustness(
     frame = select_frames(manifest_path, selection)
     dataset = _single_dataset(frame, manifest_path, "robustness")
     _require_both_classes(frame, manifest_path, selection.split)
-    model, size = load_detector(checkpoint, options.size)
-    clean = _scored(model, frame, size, options)
+    model, preprocess = load_detector(checkpoint, options.size)
+    clean = _scored(model, frame, preprocess, options)
     runs = [clean.assign(perturbation="none", level=0)]
     results: dict[str, dict[int, dict]] = {kind: {} for kind in kinds}
     for number, perturber in enumerate(perturbers.values(), start=1):
         desc = f"{perturber.kind} level {perturber.level} ({number}/{len(perturbers)})"
-        scores = _scored(model, frame, size, options, perturbation=perturber, desc=desc)
+        scores = _scored(model, frame, preprocess, options, perturbation=perturber, desc=desc)
         results[perturber.kind][perturber.level] = evaluate_scores(
             scores, options.aggregate, options.n_boot, options.seed
         )
@@ -510,11 +513,12 @@ def robustness(
     label = label or Path(checkpoint).stem
     report = {
         "label": label,
+        "detector": model.name,
         "checkpoint": str(checkpoint),
         "manifest": str(manifest_path),
         "dataset": dataset,
         "split": selection.split,
-        "input_size": size,
+        "input_size": preprocess.input_size,
         "aggregate": options.aggregate,
         "perturbations": kinds,
         "levels": levels,
@@ -529,7 +533,7 @@ def robustness(
         [
             f"# Robustness: {label}\n",
             f"AUC (%) on `{dataset}` split `{selection.split}` with each perturbation applied to the face crops "
-            f"before the resize to {size} px (deterministic per image). Clean: frame AUC "
+            f"before the resize to {preprocess.input_size} px (deterministic per image). Clean: frame AUC "
             f"{_pct(clean_result['frame']['auc'])}, video AUC {_pct(clean_result['video']['auc'])}.\n",
             "## Frame level (seed Table 5 layout: the Avg. row)\n",
             _markdown_table(header, _level_rows(frame_table)),

@@ -121,10 +121,12 @@ def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset
     return train_set, val_set
 
 
-def _lr_lambda(optim) -> Any:
+def _lr_lambda(optim, step_size: int) -> Any:
+    """Linear warm-up, then x gamma every `step_size` iterations counted after the warm-up (as the official trainer)."""
+
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
-        return warm * optim.gamma ** (step // optim.step_size)
+        return warm * optim.gamma ** (max(0, step - optim.warmup_steps) // step_size)
 
     return factor
 
@@ -157,10 +159,10 @@ class Trainer:
         self.loss_names: list[str] = []
         fused = self.device.type in ("cuda", "cpu")
         o = config.optim
-        self.optimizer = torch.optim.Adam(
+        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name]
+        self.optimizer = optimizer_class(
             model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, fused=fused
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o))
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**10, enabled=self.amp == "fp16")
         wrapped: nn.Module = model
         if self.context.enabled:
@@ -175,6 +177,10 @@ class Trainer:
             rank=self.context.rank,
             world_size=self.context.world_size,
         )
+        self.step_size = o.step_size
+        if o.step_epochs is not None:  # resolved from this run's data, so the schedule follows the extracted size
+            self.step_size = max(1, round(o.step_epochs * self.sampler.batches_per_epoch()))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o, self.step_size))
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -199,7 +205,8 @@ class Trainer:
 
         self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if resume else None)
         log.info(
-            "training %s on %d %s process(es), amp=%s, %d training / %s validation frames, from step %d",
+            "training %s on %d %s process(es), amp=%s, %d training / %s validation frames, from step %d, "
+            "lr x%g every %d iterations",
             self.config.model.name,
             self.context.world_size,
             self.device.type,
@@ -207,6 +214,8 @@ class Trainer:
             len(self.train_set),
             len(self.val_set) if self.val_set is not None else "no",
             self.step,
+            self.config.optim.gamma,
+            self.step_size,
         )
 
     def _trim_metrics(self, step: int) -> None:
