@@ -285,8 +285,7 @@ def test_configs_resolve_to_the_paper_protocol():
     }
     methods = {p.stem: load_config(p).data.methods for p in CONFIGS.glob("ffpp_c23_*.yaml")}
     assert methods["ffpp_c23_faceswap"] == ["FaceSwap"]
-    moved = CONFIGS.parent / "xception" / "ffpp_c23.yaml"  # where the configs are moving
-    xception = load_config(moved if moved.is_file() else CONFIGS.parent / "xception_ffpp_c23.yaml")
+    xception = load_config(CONFIGS.parent / "xception" / "ffpp_c23.yaml")
     addnet = load_config(CONFIGS / "ffpp_c23.yaml")
     assert addnet.optim == xception.optim and addnet.data == xception.data
     assert addnet.train.steps == xception.train.steps and addnet.train.batch_size == xception.train.batch_size
