@@ -83,7 +83,7 @@ def test_bad_landmarks_and_shapes_are_one_clear_error():
 
 def test_forward_at_small_size_and_batch_one(one_torch_thread):
     detector = create_detector("addnet").eval()
-    assert detector.preprocess.face_mask and detector.preprocess.channels == 4
+    assert detector.preprocess.face_mask and detector.input_channels == 4
     x = masked_input(1)
     output = detector(x)
     assert output.logits.shape == (1, 2) and torch.isfinite(output.logits).all()

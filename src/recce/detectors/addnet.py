@@ -76,6 +76,10 @@ class AddNet(Detector):
         self.dropout = nn.Dropout(self.config.drop_rate)
         self.fc = nn.Linear(2048, self.config.num_classes)
 
+    @property
+    def input_channels(self) -> int:
+        return 4  # RGB and the face mask
+
     def load_pretrained(self, path: str) -> None:
         load_imagenet_weights(self.encoder, path)
 

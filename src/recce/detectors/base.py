@@ -54,11 +54,6 @@ class Preprocess:
             raise DetectorConfigError(f"mean and std need three values, std positive; got {self.mean}, {self.std}")
 
     @property
-    def channels(self) -> int:
-        """Channels of the detector's input tensor: RGB, plus the face mask when asked for."""
-        return 4 if self.face_mask else 3
-
-    @property
     def load_size(self) -> int:
         """The side crops are resized to before the centre (or random) crop."""
         return self.resize or self.input_size
