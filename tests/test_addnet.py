@@ -153,7 +153,7 @@ def test_declared_as_a_reimplementation_with_its_choices():
     info = AddNet.describe()
     assert info["source"] == "re-implementation"
     assert set(info["choices"]) <= set(info["config"]) | set(info["loss"])
-    assert info["mask"]["face_value"] == MaskShape().face_value
+    assert info["face_mask_recipe"]["face_value"] == MaskShape().face_value
     assert info["preprocess"]["face_mask"] is True
 
 

@@ -105,4 +105,7 @@ class AddNet(Detector):
     @classmethod
     def describe(cls) -> dict[str, Any]:
         """Also the face mask's recipe, which the data pipeline draws and which is this project's choice."""
-        return {**super().describe(), "mask": asdict(MaskShape())}
+        return {
+            **super().describe(),
+            "face_mask_recipe": asdict(MaskShape()),
+        }
