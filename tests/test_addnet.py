@@ -175,9 +175,11 @@ def extracted(tmp_path_factory):
     return out / "manifest.parquet", boxes
 
 
-def test_extraction_stores_landmarks_in_crop_coordinates_flagged_as_approximated(extracted):
+def test_extraction_stores_landmarks_in_crop_coordinates_flagged_as_approximated(extracted, capsys):
     frame = manifest.read(extracted[0])
     assert set(frame[manifest.LANDMARKS_SOURCE]) == {"box"}  # Haar has none: placed in its box
+    assert main(["manifest", "info", str(extracted[0])]) == 0
+    assert "face landmarks: 4 box, 0 without" in capsys.readouterr().out
     canonical = np.array(CANONICAL_LANDMARKS)
     for row in frame.itertuples():
         points = np.asarray(row.landmarks).reshape(5, 2)
@@ -238,6 +240,8 @@ def test_recce_manifest_landmarks_adds_them_with_the_face_detector(extracted, tm
     assert "write it beside" in capsys.readouterr().err
     assert main(["manifest", "landmarks", str(source), "--face-detector", "haar", "--no-progress"]) == 0
     assert "4 needed landmarks (haar)" in capsys.readouterr().out
+    assert main(["manifest", "info", str(source)]) == 0
+    assert "face landmarks: " in capsys.readouterr().out
     filled = manifest.read(source)
     assert filled[manifest.LANDMARKS].notna().all()
     assert set(filled[manifest.LANDMARKS_SOURCE]) <= {"box", "crop"}

@@ -69,7 +69,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.manifest}: {len(frame)} crops from {videos} videos")
     if len(frame):
         print(describe(frame).to_string(index=False))
+    print(f"face landmarks: {landmark_counts(frame)}")
     return 0
+
+
+def landmark_counts(frame: pd.DataFrame) -> str:
+    """How many crops have landmarks, by source (detected, box, crop), and how many have none."""
+    if manifest.LANDMARKS not in frame.columns:
+        return f"none ({len(frame)} crops; add them with `recce manifest landmarks`)"
+    has = frame[manifest.LANDMARKS].notna()
+    sources = frame.loc[has, manifest.LANDMARKS_SOURCE].value_counts().sort_index() if has.any() else {}
+    counts = [f"{count} {source or 'unknown source'}" for source, count in dict(sources).items()]
+    return ", ".join([*counts, f"{int((~has).sum())} without"])
 
 
 def _landmarks(args: argparse.Namespace) -> int:
