@@ -30,7 +30,7 @@ COLUMNS: dict[str, str] = {
 }
 # Optional columns: kept when present, absent from manifests made before them (every reader copes without).
 LANDMARKS = "landmarks"  # 10 floats: five (x, y) face points in the crop, normalised to [0, 1]; null when unknown
-LANDMARKS_SOURCE = "landmarks_source"  # "detected" (the face detector's) or "box" (approximated from the box)
+LANDMARKS_SOURCE = "landmarks_source"  # detected (face detector), box (placed in its box), crop (no face found)
 
 
 class ManifestError(ValueError):
