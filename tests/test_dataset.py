@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from recce.data import manifest
-from recce.data.dataset import ManifestDataset, row_seed
+from recce.data.dataset import META_COLUMNS, ManifestDataset, row_seed
 from recce.data.video import MediaError
 
 # (dataset, split, video, label, method, compression) of each crop, two frames per video
@@ -153,3 +154,39 @@ def test_unreadable_crop_names_the_file(manifest_path):
         file.write(b"not a png")
     with pytest.raises(MediaError, match=f"{broken}: crop is missing or not a readable image"):
         dataset[3]
+
+
+def test_compact_columns_give_back_the_manifest_rows(manifest_path, tmp_path):
+    filters = dict(splits=["train", "test"], methods=["Deepfakes"])
+    expected = manifest.select(manifest.read(manifest_path), **filters)
+    expected = expected[[*ManifestDataset.COLUMNS, "abspath"]]
+    from_file = ManifestDataset(manifest_path, return_meta=True, size=6, **filters)
+    from_frame = ManifestDataset(manifest.read(manifest_path), return_meta=True, size=6, **filters)
+    for dataset in (from_file, from_frame):
+        pd.testing.assert_frame_equal(dataset.frame, expected)
+        assert dataset.labels.tolist() == expected["label"].tolist()
+        for index, row in enumerate(expected.itertuples()):
+            _, label, meta = dataset[index]
+            assert label == row.label and meta["path"] == row.abspath
+            assert meta == {c: getattr(row, c) for c in META_COLUMNS} | {"path": row.abspath, "index": index}
+
+
+def test_rows_from_manifests_in_different_folders_keep_their_own_paths(manifest_path, tmp_path):
+    moved = tmp_path / "elsewhere" / "m.parquet"
+    manifest.write(manifest.read(manifest_path).iloc[:3], moved)
+    both = pd.concat([manifest.read(manifest_path).iloc[3:6], manifest.read(moved)], ignore_index=True)
+    dataset = ManifestDataset(both, return_meta=True, size=6)
+    assert dataset.frame["abspath"].tolist() == both["abspath"].tolist()
+    assert [dataset.path(i) for i in range(len(dataset))] == both["abspath"].tolist()
+    relative = ManifestDataset(both.drop(columns="abspath"), size=6)  # paths taken as they are
+    assert relative.frame["abspath"].tolist() == both["path"].tolist()
+
+
+def test_rows_cost_their_path_and_a_few_bytes(manifest_path):
+    template = manifest.read(manifest_path)
+    many = template.sample(n=5000, replace=True, random_state=0).reset_index(drop=True)
+    many["frame"] = np.arange(len(many))
+    many["path"] = many["path"].str.replace(".png", "", regex=False) + "_" + many["frame"].astype(str) + ".png"
+    dataset = ManifestDataset(many.drop(columns="abspath"), size=6)
+    path_bytes = int(many["path"].str.len().sum())
+    assert path_bytes < dataset.nbytes < path_bytes + 16 * len(many)  # offsets, codes, label, frame

@@ -74,8 +74,13 @@ def test_cli_reports_bad_inputs_and_exits_zero(checkpoint, media, tmp_path, caps
         "--save-masks",
         str(tmp_path / "masks"),
     ]
-    assert main(args) == 0
-    results = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(args) == 1  # an explicitly named file is missing: reported, and the exit status says so
+    report = json.loads(capsys.readouterr().out)
+    assert report["detector"] == "recce" and report["threshold"] == 0.5 and report["face_detector"] == "haar"
+    assert report["checkpoint"] == str(checkpoint) and len(report["checkpoint_sha256"]) == 64
+    assert report["recce_version"] and report["created"].endswith("+00:00")
+    assert [p.rsplit("/", 1)[-1] for p in report["skipped"]] == ["readme.txt"]
+    results = {r["path"].rsplit("/", 1)[-1]: r for r in report["files"]}
     assert set(results) == {"face.mp4", "truncated.mp4", "notes.mp4", "astronaut.png", "wall.png", "missing.mp4"}
     assert results["face.mp4"]["verdict"] in ("FAKE", "real") and results["face.mp4"]["frames_with_face"] == 4
     assert results["astronaut.png"]["kind"] == "image" and results["astronaut.png"]["score"] is not None
@@ -111,6 +116,17 @@ def test_table_output_and_bad_checkpoint(checkpoint, media, capsys):
     assert "face.mp4" in out and "2 file(s): 1 scored, 0 without a face, 1 failed" in out
     assert "readme.txt: not an image or video" in out
     assert main(["detect", str(root / "face.mp4"), "--checkpoint", str(root / "notes.mp4")]) == 2
-    assert capsys.readouterr().out.count("\n") == 1
+    assert capsys.readouterr().err.count("\n") == 1
     assert main(["detect", str(root / "face.mp4"), "--checkpoint", str(checkpoint), "--frames", "0"]) == 2
-    assert capsys.readouterr().out == "recce detect: frames must be at least 1, got 0\n"
+    assert capsys.readouterr().err == "recce detect: frames must be at least 1, got 0\n"
+    assert main(["detect", str(root), "--checkpoint", str(checkpoint), "--face-detector", "haar", "--no-progress"]) == 0
+    assert "skipped 1 file(s) that are not images or videos" in capsys.readouterr().out
+
+
+def test_a_synthetic_checkpoint_gets_a_warning(media, tmp_path, capsys):
+    root, _ = media
+    path = checkpoints.save(
+        Recce(preprocess=Preprocess(SIZE)), tmp_path / "demo.safetensors", {"trained_on": ["synthetic"]}
+    )
+    assert main(["detect", str(root / "astronaut.png"), "--checkpoint", str(path), "--face-detector", "haar"]) == 0
+    assert "trained on the synthetic benchmark" in capsys.readouterr().err

@@ -113,9 +113,41 @@ def test_vectorised_weighted_auc_equals_sklearn_with_sample_weights(
 ) -> None:
     labels, scores = scored
     weights = np.random.default_rng(1).integers(0, 4, size=(5, labels.size))
-    got = M._weighted_aucs(weights, np.arange(labels.size), labels, scores)
+    got = M._weighted_aucs(weights, M._rank_pairs(labels, scores, np.arange(labels.size)))
     expected = [sk_metrics.roc_auc_score(labels, scores, sample_weight=w) for w in weights]
     np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def simple_bootstrap_ci(labels, scores, groups, n_boot: int, seed: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The bootstrap written plainly: one resample at a time, each AUC from scikit-learn with multiplicity weights."""
+    unit_of_sample, units = pd.factorize(groups)  # units numbered in order of first appearance
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_boot):
+        counts = np.bincount(rng.integers(0, units.size, size=units.size), minlength=units.size)
+        weights = counts[unit_of_sample]
+        kept = labels[weights > 0]
+        if 0 < kept.sum() < kept.size:
+            aucs.append(sk_metrics.roc_auc_score(labels, scores, sample_weight=weights))
+    low, high = np.percentile(aucs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+@pytest.mark.parametrize("cells_per_chunk", [M.BOOTSTRAP_CELLS_PER_CHUNK, 700, 1])
+def test_bootstrap_sorted_once_equals_the_simple_path(cells_per_chunk: int, monkeypatch) -> None:
+    rng = np.random.default_rng(8)
+    video = np.repeat(rng.permutation(60), rng.integers(1, 6, 60))  # uneven videos, ids not in order
+    video_label = (rng.random(60) < 0.6).astype(int)
+    labels = video_label[video]
+    scores = (rng.normal(0.4 + 0.2 * labels, 0.2)).round(2)  # ties
+    monkeypatch.setattr(M, "BOOTSTRAP_CELLS_PER_CHUNK", cells_per_chunk)  # the chunking never changes the draws
+    for groups in (video, np.arange(labels.size)):
+        got = M.bootstrap_auc_ci(labels, scores, n_boot=150, seed=5, groups=groups)
+        assert got == pytest.approx(simple_bootstrap_ci(labels, scores, groups, n_boot=150, seed=5), abs=1e-12)
+    strings = np.array([f"video-{v}" for v in video])
+    assert M.bootstrap_auc_ci(labels, scores, n_boot=150, seed=5, groups=strings) == M.bootstrap_auc_ci(
+        labels, scores, n_boot=150, seed=5, groups=video
+    )
 
 
 def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n() -> None:
@@ -209,6 +241,19 @@ def test_evaluate_scores_per_method_uses_all_reals(frame_table: pd.DataFrame) ->
     low, high = result["frame"]["auc_ci"]
     assert low <= result["frame"]["auc"] <= high
     json.dumps(M.json_safe(result), allow_nan=False)
+
+
+def test_per_method_breakdown_equals_evaluating_each_subset(frame_table: pd.DataFrame) -> None:
+    shuffled = frame_table.sample(frac=1, random_state=2).reset_index(drop=True)
+    for how in M.AGGREGATIONS:
+        result = M.evaluate_scores(shuffled, how=how, n_boot=100, seed=3)
+        reals = shuffled[shuffled["label"] == 0]
+        for method in ("Deepfakes", "FaceSwap"):
+            subset = pd.concat([reals, shuffled[shuffled["method"] == method]])
+            alone = M.evaluate_scores(subset, how=how, n_boot=100, seed=3)
+            assert json.dumps(M.json_safe(result["per_method"][method])) == json.dumps(
+                M.json_safe({"frame": alone["frame"], "video": alone["video"]})
+            )
 
 
 def test_evaluate_scores_with_reals_only(frame_table: pd.DataFrame) -> None:

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from media import write_tiny_manifest
 
 from recce import checkpoints
 from recce.cli import main
@@ -22,47 +22,9 @@ from recce.engine.train import load_datasets, train
 SIZE = 32
 
 
-def _image(label: int, rng: np.random.Generator) -> np.ndarray:
-    """Reals are smooth gradients; fakes carry a 2-pixel checkerboard, a trace a CNN learns in a few steps."""
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
-    base = 90 + 60 * np.sin(x / rng.uniform(4, 9) + rng.uniform(0, 6)) + 40 * np.cos(y / rng.uniform(4, 9))
-    image = np.repeat(base[..., None], 3, axis=2) + rng.normal(0, 4, (SIZE, SIZE, 3))
-    if label:
-        image += 35 * (((x // 2 + y // 2) % 2) * 2 - 1)[..., None]
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    rows = []
-    for split, videos in (("train", 8), ("val", 4), ("test", 4)):
-        for v in range(videos):
-            label = v % 2
-            for f in range(4):
-                rel = f"crops/{split}/v{v}/{f}.png"
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(root / rel), _image(label, rng))
-                rows.append(
-                    dict(
-                        path=rel,
-                        dataset="toy",
-                        split=split,
-                        video=f"{split}{v}",
-                        frame=f,
-                        label=label,
-                        method="checker" if label else "real",
-                        compression="png",
-                        x1=0,
-                        y1=0,
-                        x2=SIZE,
-                        y2=SIZE,
-                        score=1.0,
-                        detector="none",
-                    )
-                )
-    return manifest.write(manifest.to_frame(rows), root / "manifest.parquet")
+    return write_tiny_manifest(tmp_path_factory.mktemp("tiny"), SIZE)
 
 
 def _config(tmp_path: Path, manifest_path: Path, *extra: str):

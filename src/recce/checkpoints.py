@@ -46,8 +46,18 @@ def build(name: str, config: Mapping[str, Any], preprocess: Preprocess | None = 
         raise CheckpointError(str(error)) from None
 
 
-def save(model: nn.Module, path: str | os.PathLike, provenance: Mapping[str, Any] | None = None) -> Path:
-    """Write weights and metadata atomically; `provenance` (JSON-serialisable) records how the weights were made."""
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    provenance: Mapping[str, Any] | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write weights and metadata atomically; `provenance` (JSON-serialisable) records how the weights were made.
+
+    `dtype` (e.g. torch.float16) stores the floating-point weights at that precision (half the file); they are
+    cast back to the detector's precision when loaded.
+    """
     detector = unwrap(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +72,8 @@ def save(model: nn.Module, path: str | os.PathLike, provenance: Mapping[str, Any
         "provenance": json.dumps(dict(provenance or {})),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in detector.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     safetensors.torch.save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, path)

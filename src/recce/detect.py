@@ -79,15 +79,18 @@ class DetectSettings:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {self.aggregate!r}")
 
 
-def media_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """The given files, and the image/video files inside given folders (recursively, sorted)."""
+def media_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """(files to score, files skipped): the given files, and the image/video files inside given folders
+    (recursively, sorted); the other files of those folders are skipped (and reported by the caller)."""
+    files, skipped = [], []
     for path in map(Path, paths):
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
-                    yield child
-        else:
-            yield path
+        if not path.is_dir():
+            files.append(path)
+            continue
+        for child in sorted(path.rglob("*")):
+            if child.is_file():
+                (files if child.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS else skipped).append(child)
+    return files, skipped
 
 
 def media_kind(path: Path) -> str:
@@ -163,9 +166,10 @@ class MediaScorer:
         return result, list(zip(crops, maps, strict=True)) if keep_crops else []
 
     def score_files(
-        self, paths: Iterable[str | os.PathLike], masks_dir: str | os.PathLike | None = None, progress: bool = True
+        self, files: Iterable[str | os.PathLike], masks_dir: str | os.PathLike | None = None, progress: bool = True
     ) -> list[FileResult]:
-        files = list(media_files(paths))
+        """Score each file (see `media_files` for folders); a file that fails is a result with its error."""
+        files = list(files)
         results = []
         for path in tqdm(files, desc="detect", unit="file", disable=not progress):
             result, crops = self.score_file(path, keep_crops=masks_dir is not None)
@@ -173,6 +177,50 @@ class MediaScorer:
                 _save_masks(Path(masks_dir), len(results), result, crops)
             results.append(result)
         return results
+
+
+def run_metadata(checkpoint: str | os.PathLike, model: nn.Module, face_detector: str, threshold: float) -> dict:
+    """What produced a set of results: checkpoint (and its SHA-256), detector, threshold, versions, time."""
+    import hashlib
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    from recce import __version__
+
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": digest.hexdigest(),
+        "detector": getattr(model, "name", type(model).__name__),
+        "input_size": preprocess_of(model).input_size,
+        "face_detector": face_detector,
+        "threshold": threshold,
+        "recce_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def checkpoint_warnings(provenance: dict) -> list[str]:
+    """Why a checkpoint's scores on real media may mean little, read from its provenance."""
+    warnings = []
+    if "synthetic" in (provenance.get("trained_on") or []):
+        warnings.append(
+            "this checkpoint was trained on the synthetic benchmark (cartoon faces): its scores on real media mean "
+            "nothing (`recce weights` lists published weights)"
+        )
+    if provenance.get("input_size_assumed"):
+        warnings.append(
+            "the input size these weights were trained at is unknown (converted without --input-size); the "
+            "detector's native size is assumed"
+        )
+    return warnings
 
 
 def _until_error(frames: Iterator[tuple[int, np.ndarray]], result: FileResult) -> Iterator[tuple[int, np.ndarray]]:

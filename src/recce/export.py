@@ -53,12 +53,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, metadata: dict[str, s
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     program = torch.onnx.export(
-        ExportWrapper(detector, outputs),
+        ExportWrapper(detector, outputs).eval(),
         (example,),
         input_names=["image"],
         output_names=["p_fake", *outputs],
         dynamic_shapes=({0: batch},),
         dynamo=True,
+        optimize=False,
         verbose=False,
     )
     program.save(str(tmp))

@@ -62,9 +62,9 @@ class RecceLoss:
     `reconstruct="all"` and `lambda_metric=0` give the ablations of seed Table 1.
     """
 
-    lambda_reconstruction: float = 0.1
+    lambda_reconstruction: float = 0.1  # weight of the reconstruction loss on real faces
     lambda_metric: float = 0.1  # 0 switches the metric-learning loss off (seed Table 1 (b))
-    flooding: float = 0.04
+    flooding: float = 0.04  # flooding level b of the classification loss (0: off)
     reconstruct: str = "real"  # real | all (seed Table 1 (a))
 
     def __post_init__(self):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -110,24 +111,41 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
     }
 
 
-def _weighted_aucs(unit_weights: np.ndarray, unit_of_sample: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """AUC for each row of unit weights (a sample weighs its unit's weight), ties counting one half.
+class _RankedPairs(NamedTuple):
+    """Where each positive's score falls among the negatives, sorted once: all that a resample's AUC reads."""
 
-    Each positive adds its weight times the negative weight below its score plus half the tied one, read
-    from one cumulative sum over the negatives in score order.
-    """
+    negative_units: np.ndarray  # the unit of each negative, negatives in score order (stable)
+    positive_units: np.ndarray  # the unit of each positive
+    below: np.ndarray  # per positive: negatives scoring strictly lower
+    through: np.ndarray  # per positive: negatives scoring lower or equal
+
+
+def _rank_pairs(y: np.ndarray, s: np.ndarray, unit_of_sample: np.ndarray) -> _RankedPairs:
     negatives = np.flatnonzero(y == 0)
     negatives = negatives[np.argsort(s[negatives], kind="stable")]
     positives = np.flatnonzero(y == 1)
-    below = np.searchsorted(s[negatives], s[positives], side="left")
-    through = np.searchsorted(s[negatives], s[positives], side="right")
-    negative_weights = unit_weights[:, unit_of_sample[negatives]].astype(np.float64)
-    cumulative = np.zeros((unit_weights.shape[0], negatives.size + 1))
+    sorted_scores = s[negatives]
+    below = np.searchsorted(sorted_scores, s[positives], side="left")
+    through = np.searchsorted(sorted_scores, s[positives], side="right")
+    return _RankedPairs(unit_of_sample[negatives], unit_of_sample[positives], below, through)
+
+
+def _weighted_aucs(unit_weights: np.ndarray, pairs: _RankedPairs) -> np.ndarray:
+    """AUC for each row of integer unit weights (a sample weighs its unit's weight), ties counting one half.
+
+    Each positive adds its weight times the negative weight below its score plus half the tied one, read
+    from one cumulative sum over the negatives in score order. The weights are whole numbers and every sum
+    stays below 2**53 (up to about 10**8 samples), so the float64 sums are exact in any order.
+    """
+    negative_weights = np.take(unit_weights, pairs.negative_units, axis=1)
+    cumulative = np.zeros((unit_weights.shape[0], pairs.negative_units.size + 1))
     np.cumsum(negative_weights, axis=1, out=cumulative[:, 1:])
-    positive_weights = unit_weights[:, unit_of_sample[positives]].astype(np.float64)
-    wins = (positive_weights * (cumulative[:, below] + cumulative[:, through])).sum(axis=1) / 2
+    positive_weights = np.take(unit_weights, pairs.positive_units, axis=1).astype(np.float64)
+    lower_and_tied = np.take(cumulative, pairs.below, axis=1)
+    lower_and_tied += np.take(cumulative, pairs.through, axis=1)
+    twice_wins = np.einsum("ij,ij->i", positive_weights, lower_and_tied)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return wins / (positive_weights.sum(axis=1) * cumulative[:, -1])
+        return (twice_wins / 2) / (positive_weights.sum(axis=1) * cumulative[:, -1])
 
 
 def bootstrap_auc_ci(
@@ -141,7 +159,9 @@ def bootstrap_auc_ci(
     """Percentile bootstrap CI of the AUC; with `groups` (e.g. video ids) whole groups are resampled.
 
     Frames of one video are correlated, so a frame-level CI should resample videos (cluster bootstrap).
-    Resamples are held as multiplicity weights, so 1000 resamples of 20k frames cost a few array passes.
+    Resamples are held as multiplicity weights over the samples sorted once, so each resample costs a few
+    linear array passes: time grows linearly with the number of samples (benchmarks/README.md gives the cost
+    per million frames).
     Resamples that lose a class are dropped; (NaN, NaN) when the data has one class.
     """
     y, s = _checked(labels, scores)
@@ -152,10 +172,14 @@ def bootstrap_auc_ci(
     if groups is None:
         unit_of_sample = np.arange(y.size)
     else:
-        unit_of_sample = pd.factorize(np.asarray(groups, dtype=object).ravel(), use_na_sentinel=False)[0]
+        group_ids = np.asarray(groups).ravel()
+        if group_ids.dtype.kind not in "biu":  # integer ids factorize directly, others as Python objects
+            group_ids = group_ids.astype(object)
+        unit_of_sample = pd.factorize(group_ids, use_na_sentinel=False)[0]
         if unit_of_sample.size != y.size:
             raise ValueError(f"groups has {unit_of_sample.size} entries for {y.size} labels")
     n_units = int(unit_of_sample.max()) + 1
+    pairs = _rank_pairs(y, s, unit_of_sample)
     rng = np.random.default_rng(seed)
     chunk = max(1, BOOTSTRAP_CELLS_PER_CHUNK // max(y.size, n_units))
     aucs = []
@@ -163,7 +187,7 @@ def bootstrap_auc_ci(
         rows = min(chunk, n_boot - start)
         draws = rng.integers(0, n_units, size=(rows, n_units)) + n_units * np.arange(rows)[:, None]
         unit_counts = np.bincount(draws.ravel(), minlength=rows * n_units).reshape(rows, n_units)
-        aucs.append(_weighted_aucs(unit_counts, unit_of_sample, y, s))
+        aucs.append(_weighted_aucs(unit_counts.astype(np.int32), pairs))
     values = np.concatenate(aucs)
     values = values[np.isfinite(values)]
     if not values.size:
@@ -178,13 +202,8 @@ def _check_frame_table(frame_table: pd.DataFrame) -> None:
         raise ValueError(f"score table lacks columns: {', '.join(missing)}")
 
 
-def aggregate_videos(frame_table: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
-    """One row per video: its frames' scores pooled by mean, median, max or vote (fraction >= 0.5).
-
-    Videos are keyed by (dataset, method, video): FF++ fakes of different methods share ids such as
-    000_003, and merging them (as DeepfakeBench does) would change the video count. With ids unique within
-    a dataset this is one row per (dataset, video). A table should hold one compression/perturbation setting.
-    """
+def _grouped_videos(frame_table: pd.DataFrame, how: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The video table (sorted by key) and, for each frame, its row in that table: one group-by for both."""
     _check_frame_table(frame_table)
     if how not in AGGREGATIONS:
         raise ValueError(f"unknown video aggregation {how!r}; allowed: {', '.join(AGGREGATIONS)}")
@@ -195,46 +214,66 @@ def aggregate_videos(frame_table: pd.DataFrame, how: str = "mean") -> pd.DataFra
     grouped = table.groupby(key, sort=True, observed=True, dropna=False)
     videos = grouped.agg(
         label=("label", "first"),
-        n_labels=("label", "nunique"),
+        label_min=("label", "min"),
+        label_max=("label", "max"),
         score=("score", "mean" if how == "vote" else how),
         n_frames=("score", "size"),
     ).reset_index()
-    mixed = videos[videos["n_labels"] > 1]
+    mixed = videos[videos["label_min"] != videos["label_max"]]
     if len(mixed):
         first = mixed.iloc[0]
         raise ValueError(
             f"{len(mixed)} videos mix real and fake frames, e.g. {first['dataset']}/{first['method']}/{first['video']}"
         )
-    return videos[["dataset", "video", "label", "method", "score", "n_frames"]]
+    return videos[["dataset", "video", "label", "method", "score", "n_frames"]], grouped.ngroup().to_numpy()
 
 
-def _summary(table: pd.DataFrame, groups: np.ndarray | None, n_boot: int, seed: int) -> dict:
-    labels = table["label"].to_numpy()
-    scores = table["score"].to_numpy(dtype=np.float64)
+def aggregate_videos(frame_table: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
+    """One row per video: its frames' scores pooled by mean, median, max or vote (fraction >= 0.5).
+
+    Videos are keyed by (dataset, method, video): FF++ fakes of different methods share ids such as
+    000_003, and merging them (as DeepfakeBench does) would change the video count. With ids unique within
+    a dataset this is one row per (dataset, video). A table should hold one compression/perturbation setting.
+    """
+    return _grouped_videos(frame_table, how)[0]
+
+
+def _summary(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int) -> dict:
     result: dict = binary_metrics(labels, scores)
     result["auc_ci"] = list(bootstrap_auc_ci(labels, scores, n_boot=n_boot, seed=seed, groups=groups))
     return result
 
 
-def _frame_and_video(table: pd.DataFrame, how: str, n_boot: int, seed: int) -> dict[str, dict]:
-    """Frame-level metrics with a video-clustered CI, and metrics of the aggregated videos."""
-    video_of_frame = table.groupby(list(VIDEO_KEY), sort=False, observed=True, dropna=False).ngroup().to_numpy()
-    return {
-        "frame": _summary(table, video_of_frame, n_boot, seed),
-        "video": _summary(aggregate_videos(table, how), None, n_boot, seed),
-    }
-
-
 def evaluate_scores(frame_table: pd.DataFrame, how: str = "mean", n_boot: int = 1000, seed: int = 0) -> dict:
-    """Frame and video metrics, overall and per fake method (all reals plus that method's fakes)."""
-    _check_frame_table(frame_table)
-    table = frame_table.reset_index(drop=True)
-    result = _frame_and_video(table, how, n_boot, seed)
-    is_fake = table["label"].to_numpy() == 1
-    reals = table[~is_fake]
+    """Frame and video metrics, overall and per fake method (all reals plus that method's fakes).
+
+    Videos are aggregated once; each method's rows are index arrays into the frame and video tables, so a
+    method costs its metrics and bootstrap, not another copy and group-by of the table. The frame-level CI
+    resamples whole videos.
+    """
+    videos, video_of_frame = _grouped_videos(frame_table, how)
+    labels = frame_table["label"].to_numpy()
+    scores = frame_table["score"].to_numpy(dtype=np.float64)
+    video_labels = videos["label"].to_numpy()
+    video_scores = videos["score"].to_numpy(dtype=np.float64)
+
+    def frame_and_video(rows: np.ndarray, video_rows: np.ndarray) -> dict[str, dict]:
+        return {
+            "frame": _summary(labels[rows], scores[rows], video_of_frame[rows], n_boot, seed),
+            "video": _summary(video_labels[video_rows], video_scores[video_rows], None, n_boot, seed),
+        }
+
+    result = frame_and_video(np.arange(labels.size), np.arange(len(videos)))
+    is_fake, is_fake_video = labels == 1, video_labels == 1
+    real_rows, real_videos = np.flatnonzero(~is_fake), ~is_fake_video
+    video_methods = videos["method"].to_numpy()
+    fake_methods = frame_table["method"][is_fake].set_axis(np.flatnonzero(is_fake))
     result["per_method"] = {
-        str(method): _frame_and_video(pd.concat([reals, fakes]), how, n_boot, seed)
-        for method, fakes in table[is_fake].groupby("method", sort=True, observed=True)
+        str(method): frame_and_video(
+            np.concatenate([real_rows, fakes.index.to_numpy()]),
+            np.flatnonzero(real_videos | (is_fake_video & (video_methods == method))),
+        )
+        for method, fakes in fake_methods.groupby(fake_methods, sort=True, observed=True)
     }
     return result
 

@@ -83,9 +83,11 @@ def mask_grid(rows: Sequence[MaskRow], size: int | None = None) -> np.ndarray:
     names = list(rows[0].maps)
     ranges = _ranges(rows, names)
     side = size or rows[0].image.shape[0]
-    figure = Figure(figsize=(3.6 * (1 + len(names)), 3.3 * len(rows)), dpi=100, layout="constrained")
+    figure = Figure(figsize=(3.6 * (1 + len(names)), 3.3 * len(rows)), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(rows), 1 + len(names), squeeze=False)
+    # a fixed layout (not "constrained"): every panel of a figure keeps its place whatever the colour-bar labels
+    spacing = {"left": 0.02, "right": 0.96, "bottom": 0.02, "top": 1 - 0.45 / len(rows), "wspace": 0.35, "hspace": 0.4}
+    axes = figure.subplots(len(rows), 1 + len(names), squeeze=False, gridspec_kw=spacing)
     for row, cells in zip(rows, axes, strict=True):
         image = row.image
         if image.shape[:2] != (side, side):

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     except (checkpoints.CheckpointError, ValueError) as error:
         print(f"recce convert: {error}", file=sys.stderr)
         return 2
-    out = checkpoints.save(model, args.output, provenance={"converted_from": args.source})
+    provenance = {"converted_from": args.source, "input_size_assumed": args.input_size is None}
+    out = checkpoints.save(model, args.output, provenance=provenance)
     print(
         f"wrote {out} ({model.name}, {model.config.num_classes} output(s), input size {model.preprocess.input_size}, "
         f"mean {model.preprocess.mean}, std {model.preprocess.std})"

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identities", type=int, default=defaults.identities, help="synthetic identities")
     parser.add_argument("--size", type=int, default=defaults.size, help="crop and model input size")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: the cores the machine is not already busy with)"
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         identities=args.identities,
         size=args.size,
         seed=args.seed,
+        threads=args.threads,
     )
     try:
         detector_class(args.detector)
@@ -43,5 +47,9 @@ def run(args: argparse.Namespace) -> int:
     for row in summary["per_method"]:
         print(f"  {row['method']:<11} frame AUC {row['frame AUC']:.4f}  ({row['seen in training']})")
     print(f"report: {args.out}/report.md   checkpoint: {summary['checkpoint']}")
-    print(f"try: recce detect VIDEO --checkpoint {summary['checkpoint']}")
+    print(f"try the tools: recce detect VIDEO --checkpoint {summary['checkpoint']}")
+    print(
+        "this checkpoint knows only synthetic cartoon faces: its scores on real media mean nothing. For real media, "
+        "convert published weights (`recce weights` lists them) or train on a real dataset."
+    )
     return 0

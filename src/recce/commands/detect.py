@@ -7,11 +7,20 @@ import csv
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from recce import checkpoints
 from recce.commands import add_face_detector_argument
 from recce.data.faces import build_detector
-from recce.detect import AGGREGATIONS, DetectSettings, FileResult, MediaScorer
+from recce.detect import (
+    AGGREGATIONS,
+    DetectSettings,
+    FileResult,
+    MediaScorer,
+    checkpoint_warnings,
+    media_files,
+    run_metadata,
+)
 
 HELP = "score your own images, videos or folders of them with a trained detector's checkpoint"
 
@@ -48,31 +57,43 @@ def run(args: argparse.Namespace) -> int:
         )
         scorer = MediaScorer(model, faces, settings)
     except (checkpoints.CheckpointError, ValueError) as error:
-        print(f"recce detect: {error}")
+        print(f"recce detect: {error}", file=sys.stderr)
         return 2
-    results = scorer.score_files(args.paths, args.save_masks, progress=not args.no_progress)
+    for warning in checkpoint_warnings(checkpoints.read_metadata(args.checkpoint)["provenance"]):
+        print(f"recce detect: warning: {warning}", file=sys.stderr)
+    files, skipped = media_files(args.paths)
+    results = scorer.score_files(files, args.save_masks, progress=not args.no_progress)
+    meta = run_metadata(args.checkpoint, model, faces.name, args.threshold)
     if args.json:
-        print(json.dumps([_as_dict(r, args.threshold) for r in results], indent=2))
+        report = {**meta, "files": [as_dict(r, args.threshold) for r in results], "skipped": [str(p) for p in skipped]}
+        print(json.dumps(report, indent=2))
     elif args.csv:
-        _write_csv(results, args.threshold)
+        _write_csv(results, meta)
     else:
         _print_table(results, args.threshold, f"{model.name} detector, face detector: {faces.name}")
-    return 0
+        if skipped:
+            listed = ", ".join(str(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            print(f"  skipped {len(skipped)} file(s) that are not images or videos: {listed}")
+    missing = [path for path in args.paths if not Path(path).exists()]
+    return 1 if missing else 0
 
 
-def _as_dict(result: FileResult, threshold: float) -> dict:
+def as_dict(result: FileResult, threshold: float) -> dict:
+    """One file's result as `recce detect --json` writes it."""
     data = asdict(result)
     data["verdict"] = result.verdict(threshold)
     data["frame_scores"] = {str(k): v for k, v in sorted(result.frame_scores().items())}
     return data
 
 
-def _write_csv(results: list[FileResult], threshold: float) -> None:
+def _write_csv(results: list[FileResult], meta: dict) -> None:
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error", "warning"])
+    columns = ["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error", "warning"]
+    extra = ["detector", "checkpoint", "threshold", "recce_version", "created"]
+    writer.writerow(columns + extra)
     for r in results:
-        row = [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(threshold)]
-        writer.writerow([*row, r.error or "", r.warning or ""])
+        row = [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(meta["threshold"])]
+        writer.writerow([*row, r.error or "", r.warning or "", *(meta[key] for key in extra)])
 
 
 def _print_table(results: list[FileResult], threshold: float, detectors: str) -> None:

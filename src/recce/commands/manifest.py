@@ -47,10 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     marks.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+SUMMARY_COLUMNS = ("dataset", "split", "label", "method", "video")
+
+
 def describe(frame: pd.DataFrame) -> pd.DataFrame:
-    """Crops and videos per dataset, split, label and method."""
+    """Crops and videos per dataset, split, label and method (group-bys over Arrow strings, no per-row objects)."""
     grouped = frame.groupby(["dataset", "split", "label", "method"], observed=True, sort=True)
-    return grouped.agg(crops=("path", "size"), videos=("video", "nunique")).reset_index()
+    return grouped.agg(crops=("video", "size"), videos=("video", "nunique")).reset_index()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             merged = manifest.merge(args.inputs, args.out)
             print(f"{args.out}: {len(merged)} crops from {len(args.inputs)} manifests")
             return 0
-        frame = manifest.read(args.manifest)
+        frame = manifest.read(args.manifest, columns=[*SUMMARY_COLUMNS, manifest.LANDMARKS_SOURCE])  # no paths
     except manifest.ManifestError as error:
         print(f"recce manifest: {error}", file=sys.stderr)
         return 2
@@ -74,13 +77,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def landmark_counts(frame: pd.DataFrame) -> str:
-    """How many crops have landmarks, by source (detected, box, crop), and how many have none."""
-    if manifest.LANDMARKS not in frame.columns:
+    """How many crops have landmarks, by source (detected, box, crop), and how many have none (no source)."""
+    if manifest.LANDMARKS_SOURCE not in frame.columns:
         return f"none ({len(frame)} crops; add them with `recce manifest landmarks`)"
-    has = frame[manifest.LANDMARKS].notna()
-    sources = frame.loc[has, manifest.LANDMARKS_SOURCE].value_counts().sort_index() if has.any() else {}
-    counts = [f"{count} {source or 'unknown source'}" for source, count in dict(sources).items()]
-    return ", ".join([*counts, f"{int((~has).sum())} without"])
+    sources = frame[manifest.LANDMARKS_SOURCE]
+    counts = [f"{count} {source}" for source, count in sources[sources != ""].value_counts().sort_index().items()]
+    return ", ".join([*counts, f"{int((sources == '').sum())} without"])
 
 
 def _landmarks(args: argparse.Namespace) -> int:

@@ -3,34 +3,72 @@
 from __future__ import annotations
 
 import argparse
-
-from recce.checkpoints import CheckpointError
-from recce.engine.config import ConfigError, load_config
+import json
+import sys
+from pathlib import Path
 
 HELP = "train a detector from a YAML config, e.g. configs/recce/ffpp_c23.yaml (multi-GPU: torchrun ... -m recce train)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file, e.g. configs/recce/ffpp_c23.yaml (`recce models` lists detectors)")
     parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000 data.workers=8"
+        "--config",
+        help="YAML file, e.g. configs/recce/ffpp_c23.yaml for the paper's FF++ recipe (without one: the engine's "
+        "defaults, RECCE from random initialisation, and data.manifest must be given)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in train.out from its last.pt")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000 data.size=64 data.workers=8"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="RUN_DIR",
+        help="continue a run from its last.pt: give its folder (its stored config is used), or use the --config's "
+        "train.out",
+    )
     parser.add_argument("--stop-after", type=int, metavar="N", help="train N more steps, save, and exit")
+    parser.add_argument(
+        "--show-config", action="store_true", help="print every key with its value, default and meaning, then exit"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train.log)")
 
 
+def _show(config) -> None:
+    rows = [
+        (key, json.dumps(value), json.dumps(default), meaning) for key, value, default, meaning in config.describe()
+    ]
+    width = max(len(f"{key} = {value}") for key, value, _, _ in rows) + 2
+    for key, value, default, meaning in rows:
+        changed = "" if value == default else f"  (default {default})"
+        print(f"{key} = {value}".ljust(width) + f"# {meaning}{changed}".rstrip(" #"))
+
+
 def run(args: argparse.Namespace) -> int:
-    from recce.engine.train import train
+    from recce.checkpoints import CheckpointError
+    from recce.engine.config import ConfigError, load_config
 
     try:
-        config = load_config(args.config, args.overrides)
-        result = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+        config_path, overrides = args.config, list(args.overrides)
+        if isinstance(args.resume, str):  # a run folder: its stored config, its own out
+            run_dir = Path(args.resume)
+            if args.config is None:
+                config_path = run_dir / "config.yaml"
+                if not config_path.is_file():
+                    raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); give --config as well")
+            overrides.append(f"train.out={run_dir}")
+        config = load_config(config_path, overrides)
+        if args.show_config:
+            _show(config)
+            return 0
+        from recce.engine.train import train
+
+        result = train(config, resume=bool(args.resume), stop_after=args.stop_after, progress=not args.no_progress)
     except (ConfigError, CheckpointError) as error:
-        print(f"recce train: {error}")
+        print(f"recce train: {error}", file=sys.stderr)
         return 2
     if result.main_process:
-        state = "finished" if result.finished else "stopped (continue with --resume)"
+        state = "finished" if result.finished else f"stopped (continue with: recce train --resume {result.out})"
         best = result.best
         summary = f"; best validation {best['metric']} {best['value']:.4f} at step {best['step']}" if best else ""
         print(f"{state} at step {result.step}; outputs in {result.out}{summary}")

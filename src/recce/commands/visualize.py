@@ -1,4 +1,4 @@
-"""`recce visualize`: difference-mask panels (input, reconstruction, |x - x̂|, attention) for face crops."""
+"""`recce visualize`: panels of a detector's maps (RECCE: reconstruction, |x - x̂|, attention) for face crops."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from recce.engine.evaluate import load_detector
 from recce.engine.runtime import AMP_MODES
 from recce.visualize import FaceItem, manifest_items, write_panels
 
-HELP = "draw RECCE's difference masks (reconstruction error and attention) for face crops, optionally perturbed"
+HELP = "draw a detector's maps (RECCE's difference masks, RFM's / MultiAtt's attention) for face crops"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="RECCE checkpoint (.safetensors)")
+    parser.add_argument("--checkpoint", required=True, help="a detector's checkpoint (.safetensors)")
     parser.add_argument("--images", nargs="+", default=[], help="face crop files or folders of crops (no detection)")
     parser.add_argument("--manifest", help="take crops from this manifest instead of (or besides) --images")
     parser.add_argument("--split", default="test", help="manifest split (default test)")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give face crops with --images and/or --manifest")
         if args.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {args.limit}")
-        model, size = load_detector(args.checkpoint, args.size)
+        model, _ = load_detector(args.checkpoint, args.size)
         items = _file_items(args.images) + (_manifest_items(args) if args.manifest else [])
         perturbations = args.perturbations if args.perturb else ()
         panels = write_panels(
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             perturbations=perturbations,
             level=args.level,
-            size=size,
+            size=args.size,
             device=args.device,
             amp=args.amp,
         )

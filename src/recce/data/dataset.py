@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
@@ -29,6 +31,18 @@ from recce.detectors.base import Preprocess
 Perturbation = Callable[[np.ndarray, int], np.ndarray]
 RECCE_PREPROCESS = Preprocess()
 META_COLUMNS = ("dataset", "split", "video", "frame", "method", "compression")
+
+
+def _common_root(frame: pd.DataFrame) -> str | None:
+    """The folder that every `abspath` is `path` joined onto (as `manifest.read` builds them), or None."""
+    if "abspath" not in frame or frame.empty:
+        return None
+    first_path, first_abspath = str(frame["path"].iloc[0]), str(frame["abspath"].iloc[0])
+    root = str(Path(first_abspath[: len(first_abspath) - len(first_path)]))
+    if not first_abspath.endswith(first_path) or not Path(root).is_absolute():
+        return None
+    joined = manifest.absolute_paths(frame["path"], root)
+    return root if bool((joined == frame["abspath"].astype(manifest.ARROW_STRING)).all()) else None
 
 
 def row_seed(path: str) -> int:
@@ -70,12 +84,57 @@ def as_preprocess(preprocess: Preprocess | int) -> Preprocess:
     return preprocess if isinstance(preprocess, Preprocess) else Preprocess(input_size=int(preprocess))
 
 
+class _Strings:
+    """A string column as one Arrow buffer plus offsets, or as small integer codes into its distinct values.
+
+    Neither holds a Python object per row, so reading a row in a forked DataLoader worker touches a few shared
+    pages instead of copying reference-counted objects; a categorical column costs 1-4 bytes a row.
+    """
+
+    def __init__(self, values: pd.Series, categorical: bool) -> None:
+        values = values.astype(manifest.ARROW_STRING)
+        if categorical:
+            categories = pd.Categorical(values)
+            self.codes = categories.codes
+            self.categories = categories.categories.to_numpy(dtype=object)
+            self.array = None
+        else:
+            array = pa.array(values.array)
+            self.array = array.cast(pa.string()) if array.nbytes < 2**31 - 1 else array
+
+    def __getitem__(self, index: int) -> str:
+        if self.array is not None:
+            return self.array[index].as_py()
+        code = self.codes[index]
+        return self.categories[code] if code >= 0 else str(pd.NA)  # a missing value reads as numpy's str() of it
+
+    def series(self) -> pd.Series:
+        if self.array is not None:
+            return pd.Series(pd.arrays.ArrowStringArray(self.array), dtype=manifest.ARROW_STRING)
+        return pd.Series(pd.Categorical.from_codes(self.codes, self.categories)).astype(manifest.ARROW_STRING)
+
+    @property
+    def nbytes(self) -> int:
+        if self.array is not None:
+            return self.array.nbytes
+        return self.codes.nbytes + sum(len(c) for c in self.categories)
+
+
 class ManifestDataset(Dataset):
     """Face crops of a manifest as (image, label[, meta]).
 
     `frame_or_path` is a manifest file or a frame from `manifest.read`; a frame without its `abspath`
     column is read with `path` taken as it is (relative to the working directory).
+
+    Only the columns training and scoring use are kept (`COLUMNS`), compactly: crop paths as one Arrow string
+    buffer with the manifest's folder held once, repeated strings as categorical codes, numbers as small
+    integers: about 70 bytes a DFDC row (benchmarks/scale.py); with `preprocess.face_mask`, the face landmarks
+    too (40 bytes a row). `frame` rebuilds those columns (not the face box, detector or its score) as a DataFrame
+    on demand. Every process of a distributed run holds all rows: the
+    training sampler draws each rank's share from a permutation of the whole epoch.
     """
+
+    COLUMNS = ("path", "dataset", "split", "video", "frame", "label", "method", "compression")
 
     def __init__(
         self,
@@ -91,27 +150,67 @@ class ManifestDataset(Dataset):
         methods: Sequence[str] | None = None,
         compressions: Sequence[str] | None = None,
     ) -> None:
+        preprocess = as_preprocess(preprocess)
         if isinstance(frame_or_path, pd.DataFrame):
             source, frame = frame_or_path.attrs.get("path", "manifest frame"), frame_or_path
+            root = _common_root(frame)
         else:
-            source, frame = str(frame_or_path), manifest.read(frame_or_path)
+            columns = (*self.COLUMNS, manifest.LANDMARKS) if preprocess.face_mask else self.COLUMNS
+            source, frame = str(frame_or_path), manifest.read(frame_or_path, columns=columns)
+            root = str(Path(frame_or_path).resolve().parent)
         filters = {"datasets": datasets, "splits": splits, "methods": methods, "compressions": compressions}
-        self.frame = manifest.select(frame, **filters)
-        if self.frame.empty:
+        frame = manifest.select(frame, **filters)
+        if frame.empty:
             given = ", ".join(f"{k}={list(v)}" for k, v in filters.items() if v) or "no filters"
             raise ValueError(f"{source}: no rows match ({given})")
-        self.preprocess = as_preprocess(preprocess)
+        self.preprocess = preprocess
         self.train = train
         self.flip_p = flip_p
         self.perturbation = perturbation
         self.return_meta = return_meta
-        # numpy arrays, not lists of Python objects: forked workers then share pages instead of copying them
-        paths = self.frame["abspath"] if "abspath" in self.frame else self.frame["path"]
-        self._paths = paths.to_numpy(dtype=str)
-        self._keys = self.frame["path"].to_numpy(dtype=str)
-        self._labels = self.frame["label"].to_numpy(dtype=np.int64)
-        self._meta = {c: self.frame[c].to_numpy(dtype=int if c == "frame" else str) for c in META_COLUMNS}
-        self._landmarks = _landmarks(self.frame, source) if self.preprocess.face_mask else None
+        self._root = root  # crops are root / path; None: `_abspaths` holds each crop's path as given
+        self._keys = _Strings(frame["path"], categorical=False)
+        self._abspaths = None
+        if root is None:
+            self._abspaths = _Strings(frame["abspath"], categorical=False) if "abspath" in frame else self._keys
+        self._labels = frame["label"].to_numpy(dtype=np.int8)
+        self._frames = frame["frame"].to_numpy(dtype=np.int32)
+        self._meta = {c: _Strings(frame[c], categorical=True) for c in META_COLUMNS if c != "frame"}
+        self._source = source
+        self._landmarks = _landmarks(frame, source) if preprocess.face_mask else None
+        del frame
+        pa.default_memory_pool().release_unused()  # hand the read's transient buffers back to the system
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The kept columns with canonical dtypes, plus `abspath`; built on each call."""
+        columns = {c: self._meta[c].series() for c in self._meta} | {
+            "path": self._keys.series(),
+            "frame": pd.Series(self._frames.astype(np.int64)),
+            "label": pd.Series(self._labels),
+        }
+        frame = pd.DataFrame({c: columns[c] for c in self.COLUMNS})
+        frame["abspath"] = (
+            self._abspaths.series() if self._root is None else manifest.absolute_paths(frame["path"], self._root)
+        )
+        if self._landmarks is not None:
+            frame[manifest.LANDMARKS] = pd.Series(list(self._landmarks), dtype=object)
+        frame.attrs["path"] = self._source
+        return frame
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the rows (paths, codes, numbers): what each training process keeps of the manifest."""
+        separate = self._abspaths is not None and self._abspaths is not self._keys
+        columns = [self._keys, *self._meta.values(), *([self._abspaths] if separate else [])]
+        landmarks = self._landmarks.nbytes if self._landmarks is not None else 0
+        return sum(c.nbytes for c in columns) + self._labels.nbytes + self._frames.nbytes + landmarks
+
+    def path(self, index: int) -> str:
+        """The crop's file."""
+        if self._root is None:
+            return self._abspaths[index]
+        return str(Path(self._root) / self._keys[index])
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -122,13 +221,13 @@ class ManifestDataset(Dataset):
 
     def load_image(self, index: int) -> np.ndarray:
         """The crop as RGB uint8 after the optional perturbation, before resizing."""
-        path = str(self._paths[index])
+        path = self.path(index)
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             raise MediaError(f"{path}: crop is missing or not a readable image")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         if self.perturbation is not None:
-            image = self.perturbation(image, row_seed(str(self._keys[index])))
+            image = self.perturbation(image, row_seed(self._keys[index]))
         return image
 
     def transform(
@@ -155,8 +254,8 @@ class ManifestDataset(Dataset):
         label = int(self._labels[index])
         if not self.return_meta:
             return image, label
-        meta = {name: values[index].item() for name, values in self._meta.items()}
-        return image, label, {"path": str(self._paths[index]), **meta, "index": index}
+        meta = {name: int(self._frames[index]) if name == "frame" else self._meta[name][index] for name in META_COLUMNS}
+        return image, label, {"path": self.path(index), **meta, "index": index}
 
 
 def _landmarks(frame: pd.DataFrame, source: str) -> np.ndarray:

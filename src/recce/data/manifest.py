@@ -6,11 +6,12 @@ Crop paths are stored relative to the manifest's folder so a manifest and its cr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 COLUMNS: dict[str, str] = {
     "path": "string",  # crop file, relative to the manifest's folder
@@ -31,6 +32,11 @@ COLUMNS: dict[str, str] = {
 # Optional columns: kept when present, absent from manifests made before them (every reader copes without).
 LANDMARKS = "landmarks"  # 10 floats: five (x, y) face points in the crop, normalised to [0, 1]; null when unknown
 LANDMARKS_SOURCE = "landmarks_source"  # detected (face detector), box (placed in its box), crop (no face found)
+OPTIONAL_COLUMNS = (LANDMARKS, LANDMARKS_SOURCE)
+
+
+ARROW_STRING = pd.StringDtype("pyarrow")  # "string" with pandas >= 3: one buffer, no Python object per row
+_IRREGULAR_SEGMENT = r"(?:^|/)\.\.?(?:/|$)|//"  # a `.` or `..` segment, or an empty one
 
 
 class ManifestError(ValueError):
@@ -47,12 +53,16 @@ def to_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"manifest rows lack columns: {', '.join(missing)}")
-    columns = list(COLUMNS) + [c for c in (LANDMARKS, LANDMARKS_SOURCE) if c in frame.columns]
-    frame = frame[columns].astype(COLUMNS).reset_index(drop=True)
+    columns = list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in frame.columns]
+    return _optional(frame[columns].astype(COLUMNS).reset_index(drop=True))
+
+
+def _optional(frame: pd.DataFrame) -> pd.DataFrame:
+    """Optional columns in their canonical form: landmarks as 10 float32 or None, their source as a string."""
     if LANDMARKS in frame.columns:
-        frame[LANDMARKS] = pd.Series([_points(v) for v in frame[LANDMARKS]], dtype=object)
+        frame[LANDMARKS] = pd.Series([_points(v) for v in frame[LANDMARKS]], index=frame.index, dtype=object)
     if LANDMARKS_SOURCE in frame.columns:
-        frame[LANDMARKS_SOURCE] = frame[LANDMARKS_SOURCE].astype("string").fillna("")
+        frame[LANDMARKS_SOURCE] = frame[LANDMARKS_SOURCE].astype(ARROW_STRING).fillna("")
     return frame
 
 
@@ -73,23 +83,56 @@ def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def read(path: str | os.PathLike) -> pd.DataFrame:
-    """Read and validate a manifest; adds `abspath`, the crop's absolute path."""
+def read(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read and validate a manifest; adds `abspath`, the crop's absolute path.
+
+    `columns` reads only those (in canonical order; `abspath` only when listed), e.g. for a summary that needs
+    no paths; the file must still hold every manifest column. Optional columns come when the file has them.
+    """
     path = Path(path)
+    wanted = [*COLUMNS, *OPTIONAL_COLUMNS, "abspath"] if columns is None else list(columns)
+    known = (*COLUMNS, *OPTIONAL_COLUMNS)
+    frame = _read_columns(path, [c for c in known if c in wanted or (c == "path" and "abspath" in wanted)])
+    if "abspath" in wanted:
+        frame["abspath"] = absolute_paths(frame["path"], path.resolve().parent)
+    frame = frame[[c for c in (*known, "abspath") if c in wanted and c in frame.columns]]
+    frame.attrs["path"] = str(path)  # so a reader of a selection can still name the file in its messages
+    return frame
+
+
+def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The manifest's `columns` with canonical dtypes (optional ones only if the file has them), or a
+    ManifestError naming the file and the problem."""
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
-        frame = pd.read_parquet(path)
+        names = pq.read_schema(path).names
+        missing = [c for c in COLUMNS if c not in names]
+        columns = [c for c in columns if c in COLUMNS or c in names]
+        frame = None if missing else pd.read_parquet(path, columns=columns)
     except Exception as error:  # pyarrow raises several types for damaged files
         raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: not a recce manifest, missing columns {', '.join(missing)}")
-    frame = to_frame(frame)
-    root = path.resolve().parent
-    frame["abspath"] = [str(root / p) for p in frame["path"]]
-    frame.attrs["path"] = str(path)  # so a reader of a selection can still name the file in its messages
-    return frame
+    return _optional(frame[columns].astype({c: COLUMNS[c] for c in columns if c in COLUMNS}).reset_index(drop=True))
+
+
+def absolute_paths(paths: pd.Series, root: str | os.PathLike) -> pd.Series:
+    """`root`/path for each path, as one vectorised string join (the rare irregular path as pathlib joins it)."""
+    paths = paths.astype(ARROW_STRING)
+    joined = (str(root).rstrip("/") + "/") + paths
+    return _fix_irregular(joined, paths, lambda p: str(Path(root) / p))
+
+
+def _fix_irregular(done: pd.Series, paths: pd.Series, one: Callable[[str], str]) -> pd.Series:
+    """`done` with each absolute path or path holding `.`, `..` or empty segments replaced by `one(path)`."""
+    irregular = (paths.str.startswith("/") | paths.str.contains(_IRREGULAR_SEGMENT, regex=True)).fillna(False)
+    if not irregular.any():
+        return done
+    rows = irregular.to_numpy(dtype=bool)
+    done = done.copy()
+    done[rows] = [one(p) for p in paths[rows]]
+    return done
 
 
 def select(
@@ -114,17 +157,28 @@ def select(
 
 
 def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> pd.DataFrame:
-    """Merge shard manifests into one, rebasing crop paths onto the output's folder; duplicates dropped."""
+    """Merge shard manifests into one, rebasing crop paths onto the output's folder; duplicates dropped.
+
+    A manifest's paths move by one prefix, its folder relative to the output's, without a per-row `relpath`.
+    """
     out = Path(out)
     out_root = out.resolve().parent
     frames = []
     for p in paths:
-        frame = read(p)
-        frame["path"] = [os.path.relpath(a, out_root) for a in frame["abspath"]]
-        frames.append(frame.drop(columns="abspath"))
+        frame = _read_columns(Path(p), [*COLUMNS, *OPTIONAL_COLUMNS])
+        frame["path"] = _rebased(frame["path"], Path(p).resolve().parent, out_root)
+        frames.append(frame)
     if not frames:
         raise ManifestError("no manifests to merge")
     merged = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["path"], keep="first")
     merged = merged.sort_values(["dataset", "split", "video", "frame"], kind="stable")
     write(merged, out)
     return to_frame(merged)
+
+
+def _rebased(paths: pd.Series, root: Path, out_root: Path) -> pd.Series:
+    """Paths relative to `root` made relative to `out_root`: one prefix for all, as `os.path.relpath` gives."""
+    paths = paths.astype(ARROW_STRING)
+    prefix = os.path.relpath(root, out_root)
+    rebased = paths if prefix == os.curdir else (prefix + "/") + paths
+    return _fix_irregular(rebased, paths, lambda p: os.path.relpath(os.path.join(root, p), out_root))

@@ -109,14 +109,16 @@ def build_dataclass(kind: type, values: Mapping[str, Any], what: str) -> Any:
     except DetectorConfigError:
         raise
     except (TypeError, ValueError) as error:
-        raise DetectorConfigError(f"{what}: {error}") from None
+        message = str(error)  # a field's own check names it first: say "model.aggregation must be ..."
+        joined = f"{what}.{message}" if message.split(" ", 1)[0] in known else f"{what}: {message}"
+        raise DetectorConfigError(joined) from None
 
 
 @dataclass(frozen=True)
 class ClassificationLoss:
     """Flooded classification loss (flooding 0: plain BCE / cross-entropy)."""
 
-    flooding: float = 0.0
+    flooding: float = 0.0  # flooding level b of the classification loss (0: off)
 
 
 class Detector(nn.Module):
@@ -131,6 +133,7 @@ class Detector(nn.Module):
     paper: ClassVar[str] = ""
     reference: ClassVar[str] = ""  # the code or text the implementation follows
     choices: ClassVar[tuple[str, ...]] = ()  # Config/Loss fields that are this project's choices, not a reference's
+    pretrained_source: ClassVar[str] = ""  # where to obtain the backbone's ImageNet weights (text, no download)
 
     def __init__(self, config: Any | None = None, preprocess: Preprocess | None = None, **options: Any):
         super().__init__()

@@ -18,7 +18,7 @@ from torch import nn
 from recce.detectors.base import Detector, DetectorOutput
 from recce.detectors.layers.graph_reasoning import AGGREGATIONS, GraphReasoning
 from recce.detectors.layers.guided_attention import GuidedAttention
-from recce.detectors.layers.xception import build_encoder, load_imagenet_weights, run_stage
+from recce.detectors.layers.xception import XCEPTION_IMAGENET, build_encoder, load_imagenet_weights, run_stage
 from recce.detectors.registry import register_detector
 from recce.losses import RecceLoss
 from recce.weights import CheckpointError, load_strict, strip_prefix
@@ -29,7 +29,7 @@ class RecceConfig:
     """Model hyper-parameters; defaults are the paper's. Stored in checkpoints so they rebuild the right model."""
 
     num_classes: int = 1  # 1: sigmoid / BCE (official); 2: softmax / CE (DeepfakeBench)
-    drop_rate: float = 0.2
+    drop_rate: float = 0.2  # dropout before the decoder, in graph reasoning, guided attention and the head
     aggregation: str = "graph"  # graph | sum | concat | nonlocal (seed Table 2)
     multi_scale: bool = True  # False: graph reasoning with decoder2 only (seed Table 2 (d))
     input_noise_std: float = 1e-6  # official training-time input noise, applied to half the batch
@@ -85,6 +85,7 @@ class Recce(Detector):
     map_kinds = {"reconstruction": "image", "difference": "heatmap", "attention": "heatmap"}
     source = "official code"
     paper = "Cao et al., End-to-End Reconstruction-Classification Learning for Face Forgery Detection (CVPR 2022)"
+    pretrained_source = XCEPTION_IMAGENET
     reference = "the authors' code (VISION-SJTU/RECCE); golden vectors match within 1e-4"
 
     def __init__(self, config: RecceConfig | None = None, preprocess=None, **options):

@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from recce.detectors.base import Detector, DetectorOutput
-from recce.detectors.layers.xception import build_encoder, load_imagenet_weights, run_all
+from recce.detectors.layers.xception import XCEPTION_IMAGENET, build_encoder, load_imagenet_weights, run_all
 from recce.detectors.registry import register_detector
 
 
 @dataclass(frozen=True)
 class XceptionConfig:
     num_classes: int = 1  # 1: sigmoid / BCE as RECCE; 2: softmax / CE
-    drop_rate: float = 0.2
+    drop_rate: float = 0.2  # dropout before the linear head
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Xception(Detector):
     Loss = XceptionLoss
     source = "official code"
     paper = "Chollet, Xception (CVPR 2017); the baseline of RECCE's tables (Cao et al., CVPR 2022)"
+    pretrained_source = XCEPTION_IMAGENET
     reference = "RECCE's training recipe with timm legacy_xception; the backbone RECCE is built on"
 
     def __init__(self, config: XceptionConfig | None = None, preprocess=None, **options):

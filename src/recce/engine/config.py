@@ -20,6 +20,7 @@ import yaml
 
 from recce.detectors import Detector, DetectorConfigError, Preprocess, detector_class
 from recce.detectors.base import build_dataclass
+from recce.fields import field_comments
 
 
 class ConfigError(ValueError):
@@ -39,51 +40,51 @@ MODEL_KEYS = ("name", "pretrained", "init_from")
 
 @dataclass
 class DataSection:
-    manifest: str = ""
-    datasets: list[str] | None = None
+    manifest: str = ""  # the manifest written by `recce extract` or `recce synth`
+    datasets: list[str] | None = None  # datasets of the manifest trained on (null: all)
     methods: list[str] | None = None  # fakes of these methods (all reals are kept)
-    compressions: list[str] | None = None
-    train_split: str = "train"
+    compressions: list[str] | None = None  # e.g. [c23] (null: all)
+    train_split: str = "train"  # the manifest split trained on
     val_split: str | None = "val"  # model selection split; never the test split unless asked for explicitly
     size: int | None = None  # input side; null: the detector's own preprocessing (RECCE 299)
     resize: int | None = None  # with `size`: resize to this side, then crop `size` (random in training)
     mean: list[float] | None = None  # normalisation; null: the detector's
-    std: list[float] | None = None
-    flip_p: float = 0.5
+    std: list[float] | None = None  # normalisation; null: the detector's
+    flip_p: float = 0.5  # probability of a horizontal flip in training
     balance: bool = True  # each epoch: all of the smaller class and as many random frames of the larger one
-    workers: int = 4
+    workers: int = 4  # DataLoader worker processes (0: load in the training process)
     val_limit: int | None = None  # validate on at most this many frames (a fixed random subset)
 
 
 @dataclass
 class OptimSection:
     name: str = "adam"  # adam | adamw
-    lr: float = 2e-4
-    weight_decay: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    lr: float = 2e-4  # initial learning rate
+    weight_decay: float = 1e-5  # L2 penalty (Adam) or decoupled decay (AdamW)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
+    eps: float = 1e-8  # Adam's denominator term
     step_size: int = 22500  # StepLR stepped every iteration: x gamma every step_size iterations
     step_epochs: float | None = None  # instead of step_size: x gamma every this many training epochs
-    gamma: float = 0.5
+    gamma: float = 0.5  # learning-rate factor at each step of the schedule (1.0: constant)
     warmup_steps: int = 0  # linear warm-up (off in the official config)
 
 
 @dataclass
 class TrainSection:
-    steps: int = 90000
+    steps: int = 90000  # training iterations
     batch_size: int = 32  # per process
-    val_batch_size: int = 64
-    val_every: int = 1000
-    log_every: int = 50
-    checkpoint_every: int = 1000
+    val_batch_size: int = 64  # crops per forward pass in validation
+    val_every: int = 1000  # validate (and select) every this many iterations
+    log_every: int = 50  # average and log the loss terms every this many iterations
+    checkpoint_every: int = 1000  # write last.pt (the resumable state) every this many iterations
     select_metric: str = "auc"  # auc | acc | ap | log_loss | eer (frame level, on the validation split)
     amp: str = "auto"  # auto | bf16 | fp16 | none
     channels_last: bool = True  # faster on GPUs and on the CPU
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     sync_bn: bool = True  # SyncBatchNorm when several processes train
-    seed: int = 2022
-    device: str = "auto"
-    out: str = "runs/recce"
+    seed: int = 2022  # seeds initialisation, sampling and augmentation
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out: str = "runs/recce"  # the run folder (checkpoints, logs, metrics)
 
 
 @dataclass
@@ -130,6 +131,24 @@ class TrainConfig:
             return dataclasses.replace(base, mean=tuple(d.mean or base.mean), std=tuple(d.std or base.std))
         except DetectorConfigError as error:
             raise ConfigError(f"data: {error}") from None
+
+    def describe(self) -> list[tuple[str, Any, Any, str]]:
+        """(key, value, default, meaning) for every key, in file order: what `recce train --show-config` prints."""
+        cls = self.detector_class()
+        values = self.to_dict()
+        defaults = TrainConfig(model=ModelSection(name=self.model.name)).to_dict()
+        meanings = {
+            "model": field_comments(ModelSection) | field_comments(cls.Config),
+            "loss": field_comments(cls.Loss),
+            "data": field_comments(DataSection),
+            "optim": field_comments(OptimSection),
+            "train": field_comments(TrainSection),
+        }
+        return [
+            (f"{section}.{key}", value, defaults[section].get(key), meanings[section].get(key, ""))
+            for section, items in values.items()
+            for key, value in items.items()
+        ]
 
     def build_detector(self) -> Detector:
         """The detector this configuration trains, with its ImageNet weights when `model.pretrained` names them."""
@@ -240,8 +259,6 @@ def validate(config: TrainConfig) -> None:
     for name in ("steps", "batch_size", "val_batch_size", "val_every", "log_every", "checkpoint_every"):
         if not isinstance(getattr(t, name), int) or getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be a positive integer, got {getattr(t, name)!r}")
-    if not d.manifest:
-        raise ConfigError("data.manifest is not set (the manifest written by `recce extract` or `recce synth`)")
     from recce.engine.runtime import AMP_MODES
 
     choices = {"train.amp": (t.amp, AMP_MODES), "optim.name": (config.optim.name, OPTIMIZERS)}

@@ -54,7 +54,11 @@ def build_model(config: TrainConfig) -> Detector:
     try:
         detector = config.build_detector()
     except CheckpointError as error:
-        raise ConfigError(f"model.pretrained: {error}") from None
+        source = config.detector_class().pretrained_source
+        hint = f"; get {source}" if source else ""
+        raise ConfigError(
+            f"model.pretrained: {error}{hint}; or set model.pretrained=null to train from random initialisation"
+        ) from None
     if config.model.init_from:
         source = config.model.init_from
         try:
@@ -73,6 +77,8 @@ def build_model(config: TrainConfig) -> Detector:
 def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset | None]:
     """Training and validation datasets; every data problem is a ConfigError raised before training."""
     d = config.data
+    if not d.manifest:
+        raise ConfigError("data.manifest is not set (the manifest written by `recce extract` or `recce synth`)")
     try:
         frame = manifest.read(d.manifest)
     except manifest.ManifestError as error:
@@ -217,6 +223,8 @@ class Trainer:
             self.config.optim.gamma,
             self.step_size,
         )
+        if not (self.config.model.pretrained or self.config.model.init_from or resume):
+            log.warning("training %s from random initialisation (model.pretrained is null)", self.config.model.name)
 
     def _trim_metrics(self, step: int) -> None:
         """Keep the metrics.jsonl rows up to `step`: a resumed run rewrites what came after its checkpoint."""

@@ -10,6 +10,10 @@ from torch import nn
 
 from recce.weights import CheckpointError, mismatch, read_state_dict, strip_prefix
 
+XCEPTION_IMAGENET = (
+    "xception-43020ad28.pth: timm's legacy_xception ImageNet weights (the Cadene port), in the v0.1-cadene release "
+    "of pytorch-image-models"
+)
 ENCODER_STAGES = (
     ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "block1", "block2", "block3", "block4"),
     ("block5", "block6", "block7"),
