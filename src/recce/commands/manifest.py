@@ -8,7 +8,6 @@ import sys
 import pandas as pd
 
 from recce.data import manifest
-from recce.data.faces.base import DETECTOR_NAMES
 
 HELP = "merge manifests (e.g. extraction shards), show what a manifest holds, or add face landmarks to it"
 
@@ -29,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     marks.add_argument("--out", help="write the completed manifest here instead (in the same folder)")
     marks.add_argument(
         "--face-detector",
-        choices=DETECTOR_NAMES,
         default="auto",
-        help="auto (RetinaFace when weights are given, else Haar, whose landmarks are approximated from its box)",
+        help="auto (RetinaFace when weights are given, else Haar, whose landmarks are approximated from its box), "
+        "retinaface, retinaface-mobilenet0.25, retinaface-resnet50 or haar",
     )
     marks.add_argument("--weights", help="RetinaFace weights (or set RECCE_RETINAFACE_WEIGHTS)")
     marks.add_argument("--device", help="cpu or cuda (default: cuda when available)")
