@@ -1,11 +1,15 @@
-"""Model throughput: this project's RECCE against the official per-position graph-reasoning loop, in one process.
+"""Model throughput of the detectors, each beside its plain backbone and RECCE beside the official loop, in one run.
 
-Times the training step (forward, RecceLoss, backward, Adam), inference and the graph-reasoning module alone on
-synthetic tensors already on the device, for `Recce()` (vectorised graph reasoning), `Recce(looped_graph=True)`
-(the official algorithm, the baseline) and plain `legacy_xception` as a reference point. Machines are shared and
-absolute numbers drift, so the ratio ours/baseline measured side by side is the figure to trust.
+Times the training step (the detector's own `training_step`: forward, loss and any extra pass such as RFM's
+attention map or MultiAtt's second pass; backward; Adam), inference and, for RECCE, the graph-reasoning module
+alone, on synthetic tensors already on the device. `--models` takes registered detector names (`recce models`),
+`looped` (RECCE with the official per-position graph loop, the baseline of the vectorised one) and
+`backbone:<timm name>` (the plain network with a two-way head and cross-entropy, e.g. `backbone:legacy_xception`);
+each detector's backbone is added automatically, so every detector is measured beside it. Machines are shared and
+absolute numbers drift, so ratios measured side by side are the figures to trust.
 
     python benchmarks/model_throughput.py --device cuda --dtype bf16 --channels-last --json out.json
+    python benchmarks/model_throughput.py --models recce,xception,rfm,multiatt --device cpu --steps 3
 """
 
 from __future__ import annotations
@@ -23,18 +27,53 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 
-from recce.losses import RecceLoss
-from recce.models import Recce, Xception
-from recce.models.xception import run_stage
+from recce.detectors import Detector, create_detector, detector_class, list_detectors
+from recce.detectors.layers.xception import run_stage
+from recce.detectors.recce import Recce
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module]]] = {
-    "recce": ("RECCE (ours)", Recce),
-    "looped": ("looped baseline", lambda: Recce(looped_graph=True)),
-    "xception": ("legacy_xception", Xception),
-}
 GIB = 2**30
+
+
+class Backbone(torch.nn.Module):
+    """A plain timm network with a two-way head: the reference point a detector's cost is read against."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.net = timm.create_model(name, pretrained=False, num_classes=2)
+        self.input_channels = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, images, labels, forward, cfg) -> dict[str, torch.Tensor]:
+        return {"total": F.cross_entropy(forward(images).float(), labels)}
+
+
+def model_label(key: str) -> str:
+    if key == "looped":
+        return "RECCE, official graph loop (baseline)"
+    return key.removeprefix("backbone:") + " (plain backbone)" if key.startswith("backbone:") else key
+
+
+def build_model(key: str) -> torch.nn.Module:
+    if key == "looped":
+        return Recce(looped_graph=True)
+    if key.startswith("backbone:"):
+        return Backbone(key.removeprefix("backbone:"))
+    return create_detector(key)
+
+
+def with_backbones(models: list[str]) -> list[str]:
+    """Each detector followed by its plain backbone (once), so every detector is measured beside it."""
+    ordered: list[str] = []
+    for key in models:
+        ordered.append(key)
+        if key in list_detectors():
+            ordered.append(f"backbone:{detector_class(key).backbone}")
+    return list(dict.fromkeys(ordered))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--baseline-warmup", type=int, default=1)
     parser.add_argument(
-        "--models", default="recce,looped,xception", help=f"comma-separated subset of {','.join(MODELS)}"
+        "--models",
+        default="recce,looped,xception",
+        help=f"comma-separated: detectors ({','.join(list_detectors())}), looped, backbone:<timm name>",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (rewritten after each part)")
@@ -71,10 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible to torch")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in list_detectors() and m != "looped" and not m.startswith("backbone:")]
     if unknown or not models:
-        parser.error(f"--models: unknown {unknown}; choose from {','.join(MODELS)}")
-    args.models = models
+        parser.error(f"--models: unknown {unknown}; choose from {','.join(list_detectors())}, looped, backbone:NAME")
+    args.models = with_backbones(models)
     for name in ("batch_size", "infer_batch_size", "size", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -156,9 +197,11 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
 
 
-def synthetic_batch(args: argparse.Namespace, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_batch(
+    args: argparse.Namespace, batch: int, device: torch.device, channels: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] and alternating real/fake labels, so every loss term is active."""
-    images = torch.rand(batch, 3, args.size, args.size, device=device) * 2 - 1
+    images = torch.rand(batch, channels, args.size, args.size, device=device) * 2 - 1
     if args.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, torch.arange(batch, device=device) % 2
@@ -171,16 +214,16 @@ def compiled(fn: Callable, args: argparse.Namespace) -> Callable:
 def bench_training(
     model: torch.nn.Module, args: argparse.Namespace, device: torch.device, steps: int, warmup: int, compile_it: bool
 ) -> dict[str, float | None]:
-    """Official recipe: Adam(lr 2e-4, wd 1e-5), fused on CUDA; fp16 adds a GradScaler(init_scale=2**10)."""
+    """RECCE's recipe: Adam(lr 2e-4, wd 1e-5), fused on CUDA; fp16 adds a GradScaler(init_scale=2**10)."""
     model.train()
-    loss_fn = RecceLoss()
+    loss_config = model.Loss() if isinstance(model, Detector) else None
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-5, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=args.dtype == "fp16")
-    images, labels = synthetic_batch(args, args.batch_size, device)
+    images, labels = synthetic_batch(args, args.batch_size, device, model.input_channels)
 
     def forward_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with autocast(device, args.dtype):
-            return loss_fn(model(images), images, labels)["total"]
+            return model.training_step(images, labels, model, loss_config)["total"]
 
     forward_loss = compiled(forward_loss, args) if compile_it else forward_loss
 
@@ -201,7 +244,7 @@ def bench_inference(
     model: torch.nn.Module, args: argparse.Namespace, device: torch.device, steps: int, warmup: int, compile_it: bool
 ) -> dict[str, float | None]:
     model.eval()
-    images, _ = synthetic_batch(args, args.infer_batch_size, device)
+    images, _ = synthetic_batch(args, args.infer_batch_size, device, model.input_channels)
     forward = compiled(model, args) if compile_it else model
 
     def infer() -> None:
@@ -316,7 +359,7 @@ def measure_model(
     key: str, model: torch.nn.Module, args: argparse.Namespace, device: torch.device
 ) -> Iterator[tuple[str, dict]]:
     """Yield (part, result) one measurement at a time, so each can be saved before the next starts."""
-    label = MODELS[key][0]
+    label = model_label(key)
     looped = key == "looped"
     steps = args.baseline_steps if looped else args.steps
     warmup = args.baseline_warmup if looped else args.warmup
@@ -344,9 +387,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     payload: dict[str, object] = {"config": configuration(args, device), "results": {}}
     print_config(payload["config"])
     for key in args.models:
-        label, build = MODELS[key]
+        label = model_label(key)
         torch.manual_seed(0)  # same weights for ours and the baseline
-        model = build().to(device)
+        model = build_model(key).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         results: dict[str, object] = {"label": label, "compiled": args.compile and key != "looped"}
@@ -405,11 +448,11 @@ def print_table(config: dict[str, object], results: dict[str, dict]) -> None:
     ]
     with_ratio = "recce" in results and "looped" in results
     columns: list[str] = []
-    for key in (k for k in MODELS if k in results):
+    for key in results:
         columns.append(key)
         if key == "looped" and with_ratio:
             columns.append("ratio")
-    titles = {key: label for key, (label, _) in MODELS.items()} | {"ratio": "ours/baseline"}
+    titles = {key: model_label(key) for key in results} | {"ratio": "ours/baseline"}
     lines = ["| what | " + " | ".join(titles[c] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
     for title, part, field, lower_is_better in rows:
         values = {key: results[key].get(part, {}).get(field) for key in results}

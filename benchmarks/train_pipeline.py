@@ -6,8 +6,8 @@ astronaut) and a manifest over them, then, for each DataLoader worker count, bui
 
 (a) loader only: images/s that the Trainer's own DataLoader (`Trainer.train_loader`: ManifestDataset decode, resize,
     flip and normalise in the workers, EpochSampler, pinned memory on CUDA) delivers with no model;
-(b) model only: `Trainer.train_step` (forward, RecceLoss, backward, Adam, scheduler) on one batch already on the
-    device;
+(b) model only: `Trainer.train_step` (the detector's training step, backward, optimiser, scheduler) on one batch
+    already on the device;
 (c) end to end: `Trainer.train_step` fed by `Trainer.train_loader`, as `Trainer.run` does.
 
 End to end / model only near 1 means the model is kept busy; well below 1 means the input pipeline is the bottleneck.
@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="*",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="further config overrides, e.g. model.architecture=xception train.compile=true",
+        help="further config overrides, e.g. model.name=xception train.compile=true",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the main process")
     parser.add_argument(
@@ -246,7 +246,7 @@ def configuration(args: argparse.Namespace, trainer: Trainer, crops: Path) -> di
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cv2": cv2.__version__,
-        "architecture": config.model.architecture,
+        "detector": config.model.name,
         "amp": trainer.amp,
         "channels_last": config.train.channels_last and device.type == "cuda",
         "compile": config.train.compile,

@@ -160,8 +160,8 @@ def test_compact_columns_give_back_the_manifest_rows(manifest_path, tmp_path):
     filters = dict(splits=["train", "test"], methods=["Deepfakes"])
     expected = manifest.select(manifest.read(manifest_path), **filters)
     expected = expected[[*ManifestDataset.COLUMNS, "abspath"]]
-    from_file = ManifestDataset(manifest_path, return_meta=True, size=6, **filters)
-    from_frame = ManifestDataset(manifest.read(manifest_path), return_meta=True, size=6, **filters)
+    from_file = ManifestDataset(manifest_path, return_meta=True, preprocess=6, **filters)
+    from_frame = ManifestDataset(manifest.read(manifest_path), return_meta=True, preprocess=6, **filters)
     for dataset in (from_file, from_frame):
         pd.testing.assert_frame_equal(dataset.frame, expected)
         assert dataset.labels.tolist() == expected["label"].tolist()
@@ -175,10 +175,10 @@ def test_rows_from_manifests_in_different_folders_keep_their_own_paths(manifest_
     moved = tmp_path / "elsewhere" / "m.parquet"
     manifest.write(manifest.read(manifest_path).iloc[:3], moved)
     both = pd.concat([manifest.read(manifest_path).iloc[3:6], manifest.read(moved)], ignore_index=True)
-    dataset = ManifestDataset(both, return_meta=True, size=6)
+    dataset = ManifestDataset(both, return_meta=True, preprocess=6)
     assert dataset.frame["abspath"].tolist() == both["abspath"].tolist()
     assert [dataset.path(i) for i in range(len(dataset))] == both["abspath"].tolist()
-    relative = ManifestDataset(both.drop(columns="abspath"), size=6)  # paths taken as they are
+    relative = ManifestDataset(both.drop(columns="abspath"), preprocess=6)  # paths taken as they are
     assert relative.frame["abspath"].tolist() == both["path"].tolist()
 
 
@@ -187,6 +187,6 @@ def test_rows_cost_their_path_and_a_few_bytes(manifest_path):
     many = template.sample(n=5000, replace=True, random_state=0).reset_index(drop=True)
     many["frame"] = np.arange(len(many))
     many["path"] = many["path"].str.replace(".png", "", regex=False) + "_" + many["frame"].astype(str) + ".png"
-    dataset = ManifestDataset(many.drop(columns="abspath"), size=6)
+    dataset = ManifestDataset(many.drop(columns="abspath"), preprocess=6)
     path_bytes = int(many["path"].str.len().sum())
     assert path_bytes < dataset.nbytes < path_bytes + 16 * len(many)  # offsets, codes, label, frame

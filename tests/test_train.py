@@ -79,8 +79,8 @@ def test_one_class_split_is_rejected_with_a_message(tmp_path, tiny_manifest, cap
     frame.loc[frame["split"] == "val", "label"] = 0
     one_class = manifest.write(frame.drop(columns="abspath"), tiny_manifest.parent / "one_class.parquet")
     code = main(["train", "--no-progress", *[f"{a}" for a in _overrides(tmp_path, one_class)]])
-    out = capsys.readouterr().out
-    assert code == 2 and "split 'val' has only one class" in out and out.count("\n") == 1
+    err = capsys.readouterr().err
+    assert code == 2 and "split 'val' has only one class" in err and err.count("\n") == 1
 
 
 def _overrides(tmp_path, manifest_path):

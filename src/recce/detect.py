@@ -7,10 +7,12 @@ A file that cannot be read is reported with its reason and the run goes on.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
@@ -24,6 +26,7 @@ from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from recce.data.video import MediaError, probe, read_frames, read_image, sample_indices
 from recce.engine.inference import preprocess_of, score_images
 
+CSV_META = ("detector", "checkpoint", "threshold", "recce_version", "created")
 AGGREGATIONS = {"mean": np.mean, "median": np.median, "max": np.max}
 
 
@@ -60,6 +63,13 @@ class FileResult:
             best[face.frame] = max(best.get(face.frame, 0.0), face.score)
         return best
 
+    def to_dict(self, threshold: float) -> dict:
+        """The `recce detect --json` record of this file (the web app serves the same schema)."""
+        data = asdict(self)
+        data["verdict"] = self.verdict(threshold)
+        data["frame_scores"] = {str(k): v for k, v in sorted(self.frame_scores().items())}
+        return data
+
 
 @dataclass(frozen=True)
 class DetectSettings:
@@ -77,6 +87,18 @@ class DetectSettings:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {self.aggregate!r}")
+
+
+def write_csv(results: Iterable[FileResult], threshold: float, stream: TextIO, meta: dict | None = None) -> None:
+    """One CSV row per file (`recce detect --csv`, the web app's CSV); `meta` adds what produced them."""
+    extra = [key for key in CSV_META if meta and key in meta]
+    writer = csv.writer(stream)
+    writer.writerow(
+        ["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error", "warning", *extra]
+    )
+    for r in results:
+        row = [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(threshold)]
+        writer.writerow([*row, r.error or "", r.warning or "", *(meta[key] for key in extra)])
 
 
 def media_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:

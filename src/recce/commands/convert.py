@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "convert published weights of a detector (authors' or DeepfakeBench's) into this project's .safetensors"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="published weights (e.g. RECCE best_model.bin, RFM .pth, MultiAtt ckpt_*.pth)")

@@ -9,8 +9,6 @@ import sys
 from recce.demo import DemoConfig, run_demo
 from recce.detectors import detector_class
 
-HELP = "try a detector (RECCE by default) offline: synthetic benchmark, CPU training, evaluation, report (minutes)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoConfig()

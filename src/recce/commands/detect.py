@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from recce import checkpoints
@@ -20,9 +18,8 @@ from recce.detect import (
     checkpoint_warnings,
     media_files,
     run_metadata,
+    write_csv,
 )
-
-HELP = "score your own images, videos or folders of them with a trained detector's checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
     results = scorer.score_files(files, args.save_masks, progress=not args.no_progress)
     meta = run_metadata(args.checkpoint, model, faces.name, args.threshold)
     if args.json:
-        report = {**meta, "files": [as_dict(r, args.threshold) for r in results], "skipped": [str(p) for p in skipped]}
-        print(json.dumps(report, indent=2))
+        files = [r.to_dict(args.threshold) for r in results]
+        print(json.dumps({**meta, "files": files, "skipped": [str(p) for p in skipped]}, indent=2))
     elif args.csv:
-        _write_csv(results, meta)
+        write_csv(results, args.threshold, sys.stdout, meta)
     else:
         _print_table(results, args.threshold, f"{model.name} detector, face detector: {faces.name}")
         if skipped:
@@ -76,24 +73,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  skipped {len(skipped)} file(s) that are not images or videos: {listed}")
     missing = [path for path in args.paths if not Path(path).exists()]
     return 1 if missing else 0
-
-
-def as_dict(result: FileResult, threshold: float) -> dict:
-    """One file's result as `recce detect --json` writes it."""
-    data = asdict(result)
-    data["verdict"] = result.verdict(threshold)
-    data["frame_scores"] = {str(k): v for k, v in sorted(result.frame_scores().items())}
-    return data
-
-
-def _write_csv(results: list[FileResult], meta: dict) -> None:
-    writer = csv.writer(sys.stdout)
-    columns = ["path", "kind", "frames", "frames_with_face", "faces", "score", "verdict", "error", "warning"]
-    extra = ["detector", "checkpoint", "threshold", "recce_version", "created"]
-    writer.writerow(columns + extra)
-    for r in results:
-        row = [r.path, r.kind, r.frames, r.frames_with_face, len(r.faces), r.score, r.verdict(meta["threshold"])]
-        writer.writerow([*row, r.error or "", r.warning or "", *(meta[key] for key in extra)])
 
 
 def _print_table(results: list[FileResult], threshold: float, detectors: str) -> None:

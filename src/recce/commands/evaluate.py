@@ -6,12 +6,11 @@ import argparse
 import os
 import sys
 
-from recce.data.perturb import LEVELS, SEED_TABLE5
+from recce.data.perturb import LEVELS, PERTURBATIONS, SEED_TABLE5
 from recce.engine.evaluate import ScoringOptions, Selection, cross_manipulation, evaluate, robustness
 from recce.engine.runtime import AMP_MODES
 from recce.metrics import AGGREGATIONS
 
-HELP = "evaluate checkpoints: within/cross-dataset metrics, cross-manipulation (Table 4) or robustness (Table 5)"
 PROTOCOLS = ("dataset", "cross-manipulation", "robustness")
 
 
@@ -51,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--perturbations",
         nargs="+",
         default=list(SEED_TABLE5),
-        help=f"perturbation types (default: {' '.join(SEED_TABLE5)})",
+        help=f"perturbation types: {', '.join(PERTURBATIONS)} (default: {' '.join(SEED_TABLE5)})",
     )
     robust.add_argument("--levels", nargs="+", type=int, default=list(LEVELS), help="levels 1-5 (default: all)")
 

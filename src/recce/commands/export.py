@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "export a checkpoint to ONNX (dynamic batch; outputs p_fake and the detector's maps; preprocessing in metadata)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a .safetensors checkpoint of this project")

@@ -9,8 +9,6 @@ import sys
 from recce.commands import add_face_detector_argument
 from recce.data.indexers import INDEXERS
 
-HELP = "extract face crops from a dataset's videos into a manifest (resumable, parallel, shardable)"
-
 logger = logging.getLogger("recce")
 
 
@@ -63,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--format", dest="image_format", choices=["png", "jpg"], default="png")
     output.add_argument("--jpeg-quality", type=int, default=95)
     output.add_argument("--workers", type=int, default=0, help="worker processes; 0 = in this process")
-    output.add_argument("--shard", help="K/N: process only the K-th of N interleaved parts of the item list")
+    output.add_argument(
+        "--shard", help="K/N with K counted from 1 (1/4 ... 4/4): videos K, K+N, K+2N, ... of the sorted list"
+    )
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -9,8 +9,6 @@ import pandas as pd
 
 from recce.data import manifest
 
-HELP = "merge manifests (e.g. extraction shards), show what a manifest holds, or add face landmarks to it"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "list the detectors: input size, normalisation, maps, source (official code / port / re-implementation), paper"
-
 
 DESCRIBED = {"name", "paper", "source", "reference", "preprocess", "maps", "config", "loss", "choices"}
 

@@ -8,8 +8,6 @@ import sys
 from recce.data import manifest
 from recce.data.synthetic import METHODS, SyntheticConfig, SyntheticError, generate
 
-HELP = "generate the synthetic face-forgery benchmark (face crops and manifest) into a folder"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SyntheticConfig()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
-
-HELP = "train a detector from a YAML config, e.g. configs/recce/ffpp_c23.yaml (multi-GPU: torchrun ... -m recce train)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from recce.engine.train import train
 
+        logging.basicConfig(level=logging.WARNING, format="recce train: %(levelname)s: %(message)s")  # to stderr
         result = train(config, resume=bool(args.resume), stop_after=args.stop_after, progress=not args.no_progress)
     except (ConfigError, CheckpointError) as error:
         print(f"recce train: {error}", file=sys.stderr)

@@ -8,13 +8,11 @@ from pathlib import Path
 
 from recce.commands.evaluate import one_line
 from recce.data import manifest
-from recce.data.perturb import SEED_TABLE5
+from recce.data.perturb import PERTURBATIONS, SEED_TABLE5
 from recce.data.video import list_frame_files, read_image
 from recce.engine.evaluate import load_detector
 from recce.engine.runtime import AMP_MODES
 from recce.visualize import FaceItem, manifest_items, write_panels
-
-HELP = "draw a detector's maps (RECCE's difference masks, RFM's / MultiAtt's attention) for face crops"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="output folder for the PNG panels and index.md")
     parser.add_argument("--perturb", action="store_true", help="one row per perturbation of each face (seed Figure 1)")
-    parser.add_argument("--perturbations", nargs="+", default=list(SEED_TABLE5), help="types drawn with --perturb")
+    parser.add_argument(
+        "--perturbations",
+        nargs="+",
+        default=list(SEED_TABLE5),
+        help=f"types drawn with --perturb: {', '.join(PERTURBATIONS)}",
+    )
     parser.add_argument("--level", type=int, default=3, help="perturbation level with --perturb (default 3)")
     parser.add_argument("--size", type=int, help="input side (default: the checkpoint's input_size)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -133,6 +133,7 @@ class Detector(nn.Module):
     paper: ClassVar[str] = ""
     reference: ClassVar[str] = ""  # the code or text the implementation follows
     choices: ClassVar[tuple[str, ...]] = ()  # Config/Loss fields that are this project's choices, not a reference's
+    backbone: ClassVar[str] = "legacy_xception"  # the timm network it builds on (benchmarks measure it alongside)
     pretrained_source: ClassVar[str] = ""  # where to obtain the backbone's ImageNet weights (text, no download)
 
     def __init__(self, config: Any | None = None, preprocess: Preprocess | None = None, **options: Any):

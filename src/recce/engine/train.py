@@ -429,18 +429,18 @@ class Trainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                     self.detector.epoch_end(self.epoch)
-        finally:
+            finished = self.step >= t.steps
+            if finished and self.context.is_main:
+                self._export("final.safetensors", self.best["metrics"] if self.best else None)
+                if self.val_set is None:
+                    self._export("best.safetensors", None)
+                (self.out / "summary.json").write_text(
+                    json.dumps(json_safe({"steps": self.step, "best": self.best}), indent=2)
+                )
+                log.info("finished %d steps; best: %s", self.step, self.best and self.best["value"])
+        finally:  # a failed run must not leave its train.log handler on the process-wide logger
             bar.close()
-        finished = self.step >= t.steps
-        if finished and self.context.is_main:
-            self._export("final.safetensors", self.best["metrics"] if self.best else None)
-            if self.val_set is None:
-                self._export("best.safetensors", None)
-            (self.out / "summary.json").write_text(
-                json.dumps(json_safe({"steps": self.step, "best": self.best}), indent=2)
-            )
-            log.info("finished %d steps; best: %s", self.step, self.best and self.best["value"])
-        self.close()
+            self.close()
         return TrainResult(self.out, self.step, finished, self.best, self.context.is_main)
 
     def close(self) -> None:

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from recce.data.video import IMAGE_SUFFIXES
+
 SPLITS = ("train", "val", "test")
 KINDS = ("video", "frames", "image")
+
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # one list for indexers, detect, visualize and the web app
 
 
 class DatasetLayoutError(ValueError):
