@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-
 DESCRIBED = {"name", "paper", "source", "reference", "preprocess", "maps", "config", "loss", "choices"}
 
 
