@@ -95,14 +95,20 @@ def render_mask(landmarks: Sequence[float] | np.ndarray, size: int, shape: MaskS
     mouth = (left_mouth + right_mouth) / 2
     h = max(float((mouth - eyes) @ ey), 0.3 * d)  # a degenerate layout still gets a face-shaped mask
 
-    grid = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5)[::-1]  # (x, y) of pixel centres
     mask = np.zeros((size, size), dtype=np.float32)
 
     def paint(centre: np.ndarray, half_across: float, half_along: float, value: float) -> None:
-        offset = grid - centre.reshape(2, 1, 1)
-        u = (offset * ex.reshape(2, 1, 1)).sum(0) / max(half_across, 1e-6)
-        v = (offset * ey.reshape(2, 1, 1)).sum(0) / max(half_along, 1e-6)
-        np.maximum(mask, np.where(u * u + v * v <= 1.0, np.float32(value), np.float32(0)), out=mask)
+        reach = max(half_across, half_along)  # only the pixels of the ellipse's bounding square are tested
+        x0, y0 = (max(0, int(np.floor(c - reach))) for c in centre)
+        x1, y1 = (min(size, int(np.ceil(c + reach)) + 1) for c in centre)
+        if x1 <= x0 or y1 <= y0:
+            return
+        xs = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - centre[0]
+        ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - centre[1]
+        u = (xs * ex[0] + ys * ex[1]) / max(half_across, 1e-6)
+        v = (xs * ey[0] + ys * ey[1]) / max(half_along, 1e-6)
+        window = mask[y0:y1, x0:x1]
+        np.maximum(window, np.where(u * u + v * v <= 1.0, np.float32(value), np.float32(0)), out=window)
 
     s = shape
     face_centre = eyes + ey * h * (s.face_bottom - s.face_top) / 2
