@@ -305,13 +305,24 @@ def measure(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dic
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-LAZY_INFO = """
-import argparse, sys
+# Each prints its own peak RSS when it exits: after exec a process's VmHWM is its own, while the rusage that wait4
+# reports also counts the memory the child shared with this process before exec.
+PEAK_AT_EXIT = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('peak', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0],"
+    " file=sys.stderr))\n"
+)
+RECCE_CLI = PEAK_AT_EXIT + "import runpy\nsys.argv = ['recce', 'manifest', 'info', sys.argv[1]]\n"
+RECCE_CLI += "runpy.run_module('recce', run_name='__main__')\n"
+MODULE_ALONE = (
+    PEAK_AT_EXIT
+    + """import argparse
 from recce.commands import manifest
 parser = argparse.ArgumentParser()
 manifest.add_arguments(parser)
 sys.exit(manifest.run(parser.parse_args(["info", sys.argv[1]])))
 """
+)
 
 
 def measure_command(folder: Path, n_rows: int, impl: str) -> dict:
@@ -321,16 +332,14 @@ def measure_command(folder: Path, n_rows: int, impl: str) -> dict:
     `recce.commands.manifest`, what a CLI that imports just the chosen command would load.
     """
     path = folder / f"{n_rows}" / "manifest.parquet"
-    how = ["-m", "recce", "manifest", "info"] if impl == "recce CLI" else ["-c", LAZY_INFO]
+    code = RECCE_CLI if impl == "recce CLI" else MODULE_ALONE
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, *how, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS
+    result = subprocess.run([sys.executable, "-c", code, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"recce manifest info failed: {process.stderr.read().decode()[-2000:]}")
-    process.stderr.close()
-    return {"seconds": seconds, "peak": usage.ru_maxrss * 1024, "kept": None}
+    if result.returncode:
+        raise RuntimeError(f"recce manifest info failed: {result.stderr.decode()[-2000:]}")
+    peak_kib = int(result.stderr.decode().split("peak VmHWM:")[-1].split()[0])
+    return {"seconds": seconds, "peak": peak_kib * 1024, "kept": None}
 
 
 # ------------------------------------------------------------------------------------------------- report

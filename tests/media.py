@@ -102,8 +102,10 @@ def write_video(
     fps: int = 25,
     gop: int | None = None,
     faststart: bool = False,
+    display_rotation: int = 0,
 ) -> Path:
-    """Encode RGB frames as H.264 (libx264, yuv420p, with B-frames); `gop` sets the keyframe interval."""
+    """Encode RGB frames as H.264 (libx264, yuv420p, with B-frames); `gop` sets the keyframe interval;
+    `display_rotation` (counter-clockwise degrees) is stored in the display matrix, as phones record it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames[0].shape[:2]
@@ -111,6 +113,8 @@ def write_video(
     with av.open(os.fspath(path), mode="w", options=options) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         stream.options = {"preset": "veryfast", "crf": "18", "bf": "2"}
         if gop is not None:
             stream.options |= {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}

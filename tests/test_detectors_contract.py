@@ -132,6 +132,7 @@ def test_a_training_run_through_the_engine_resumes_exactly(name, tmp_path, tiny_
         overrides = [
             f"model.name={name}",
             "model.pretrained=null",
+            "model.init_from=null",  # a second-stage config (MultiAtt) names its first stage's run
             f"data.manifest={tiny_manifest}",
             f"data.size={SIZE}",
             "data.workers=0",
@@ -171,4 +172,4 @@ def test_recce_models_lists_every_detector(capsys):
     assert main(["models", "recce", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["config"]["aggregation"] == "graph"
     assert main(["models", "nosuch"]) == 2
-    assert "unknown detector 'nosuch'" in capsys.readouterr().out
+    assert "unknown detector 'nosuch'" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_merge_rebases_paths_as_relpath_does(tmp_path, out_folder):
 
 def test_info_counts_crops_and_videos(tmp_path, capsys):
     path = manifest.write(pd.concat([rows(PATHS[:4]), rows(PATHS[4:], "w", 1)]), tmp_path / "m.parquet")
-    parser = manifest_command.argparse.ArgumentParser()
+    parser = argparse.ArgumentParser()
     manifest_command.add_arguments(parser)
     assert manifest_command.run(parser.parse_args(["info", str(path)])) == 0
     lines = capsys.readouterr().out.splitlines()

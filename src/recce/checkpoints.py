@@ -23,7 +23,15 @@ from torch import nn
 from recce import __version__
 from recce.detectors import Detector, DetectorConfigError, Preprocess, detector_class
 from recce.detectors.base import build_dataclass
-from recce.weights import CheckpointError, is_safetensors, load_strict, read_state_dict, tensor_dict
+from recce.weights import (
+    CheckpointError,
+    check_shapes,
+    is_safetensors,
+    load_strict,
+    read_state_dict,
+    save_safetensors,
+    tensor_dict,
+)
 
 __all__ = ["CheckpointError", "build", "from_official", "import_weights", "load", "read_metadata", "save"]
 
@@ -74,10 +82,7 @@ def save(
     state = {k: v.detach().contiguous().cpu() for k, v in detector.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    safetensors.torch.save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return save_safetensors(state, path, metadata)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -126,6 +131,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> D
     """Rebuild the detector a checkpoint of ours describes, load its weights, and return it in eval mode."""
     meta = read_metadata(path)
     model = build(meta["detector"], meta["config"], meta["preprocess"])
+    check_shapes(path, model.state_dict())  # from the header, before any tensor is read
     load_strict(model, read_state_dict(path), path)
     return model.to(map_location).eval()
 

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from recce.data.faces import FaceDetector, choose_face, crop_face
 from recce.data.faces.crop import crop_landmarks
 from recce.data.faces.mask import face_landmarks
-from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from recce.data.video import MediaError, probe, read_frames, read_image, sample_indices
+from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, walk_files
+from recce.data.video import MAX_PIXELS, MediaError, last_line, probe, read_frames, read_image, sample_indices
 from recce.engine.inference import preprocess_of, score_images
 
 CSV_META = ("detector", "checkpoint", "threshold", "recce_version", "created")
@@ -80,9 +80,10 @@ class DetectSettings:
     batch_size: int = 32
     device: str = "auto"
     amp: str = "auto"
+    max_pixels: int = MAX_PIXELS  # larger images and frames are refused before decoding
 
     def __post_init__(self):
-        for name in ("frames", "batch_size"):
+        for name in ("frames", "batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.aggregate not in AGGREGATIONS:
@@ -109,9 +110,8 @@ def media_files(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Pa
         if not path.is_dir():
             files.append(path)
             continue
-        for child in sorted(path.rglob("*")):
-            if child.is_file():
-                (files if child.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS else skipped).append(child)
+        for child in walk_files(path):  # folder links not followed, a file reached twice given once
+            (files if child.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS else skipped).append(child)
     return files, skipped
 
 
@@ -121,13 +121,14 @@ def media_kind(path: Path) -> str:
     return "image" if suffix in IMAGE_EXTENSIONS else "video" if suffix in VIDEO_EXTENSIONS else "unknown"
 
 
-def _frames(path: Path, kind: str, count: int) -> Iterator[tuple[int, np.ndarray]]:
+def _frames(path: Path, kind: str, count: int, max_pixels: int) -> Iterator[tuple[int, np.ndarray]]:
     if not path.exists():
         raise MediaError(f"{path}: file not found")
     if kind == "image":
-        return iter([(0, read_image(path))])
+        return iter([(0, read_image(path, max_pixels))])
     if kind == "video":
-        return read_frames(path, sample_indices(probe(path).frames, "uniform", count=count))
+        indices = sample_indices(probe(path, max_pixels).frames, "uniform", count=count)
+        return read_frames(path, indices, max_pixels=max_pixels)
     raise MediaError(f"{path}: not an image or video (extension {path.suffix or 'none'})")
 
 
@@ -145,7 +146,7 @@ class MediaScorer:
         path = Path(path)
         result = FileResult(str(path), media_kind(path))
         try:
-            frames = _until_error(_frames(path, result.kind, self.settings.frames), result)
+            frames = _until_error(_frames(path, result.kind, self.settings.frames, self.settings.max_pixels), result)
             found: list[tuple[int, object]] = []
             crops: list[np.ndarray] = []
             landmarks: list[np.ndarray] = []  # per crop, normalised: for detectors with a face-mask input
@@ -164,6 +165,9 @@ class MediaScorer:
                         landmarks.append(crop_landmarks(points, face.box, frame.shape[:2], self.settings.scale))
         except MediaError as error:
             result.error = str(error)
+            return result, []
+        except Exception as error:  # any library's failure on a hostile file is that file's, never the run's
+            result.error = f"{path}: {error.__class__.__name__} while reading ({last_line(error)})"
             return result, []
         if result.frames == 0:
             result.error, result.warning = result.warning or f"{path}: no frame could be decoded", None

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--csv", action="store_true", help="print one CSV row per file")
     parser.add_argument("--save-masks", metavar="DIR", help="write a panel of the detector's maps per face into DIR")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--max-pixels", type=int, help="refuse images and video frames larger than this (default 7680*4320, 8K)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             all_faces=not args.largest_face_only,
             batch_size=args.batch_size,
             device=args.device,
+            **({"max_pixels": args.max_pixels} if args.max_pixels is not None else {}),
         )
         scorer = MediaScorer(model, faces, settings)
     except (checkpoints.CheckpointError, ValueError) as error:

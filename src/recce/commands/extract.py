@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shard", help="K/N with K counted from 1 (1/4 ... 4/4): videos K, K+N, K+2N, ... of the sorted list"
     )
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images and video frames larger than this, before decoding (default 7680*4320, 8K)",
+    )
 
 
 INDEX_OPTIONS = (
@@ -82,6 +88,7 @@ INDEX_OPTIONS = (
 def run(args: argparse.Namespace) -> int:
     from recce.data.extract import ExtractError, ExtractSettings, extract, output_names, parse_shard
     from recce.data.indexers import DatasetLayoutError
+    from recce.locks import LockHeld
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sampling = "all" if args.all_frames else "every" if args.every is not None else "uniform"
@@ -112,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             shard=shard_range,
             progress=not args.no_progress,
+            **({"max_pixels": args.max_pixels} if args.max_pixels is not None else {}),
         )
-    except (ExtractError, DatasetLayoutError, ValueError, OSError) as error:
+    except (ExtractError, DatasetLayoutError, LockHeld, ValueError, OSError) as error:
         print(f"recce extract: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 DESCRIBED = {"name", "paper", "source", "reference", "preprocess", "maps", "config", "loss", "choices"}
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         names = args.names or list_detectors()
         descriptions = [detector_class(name).describe() for name in names]
     except ValueError as error:
-        print(f"recce models: {error}")
+        print(f"recce models: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(descriptions, indent=2))

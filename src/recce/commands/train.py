@@ -45,7 +45,9 @@ def _show(config) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from recce.checkpoints import CheckpointError
+    from recce.data.video import MediaError, last_line
     from recce.engine.config import ConfigError, load_config
+    from recce.locks import LockHeld
 
     try:
         config_path, overrides = args.config, list(args.overrides)
@@ -64,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
 
         logging.basicConfig(level=logging.WARNING, format="recce train: %(levelname)s: %(message)s")  # to stderr
         result = train(config, resume=bool(args.resume), stop_after=args.stop_after, progress=not args.no_progress)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, LockHeld) as error:
         print(f"recce train: {error}", file=sys.stderr)
+        return 2
+    except MediaError as error:  # a crop; from a DataLoader worker the message carries the worker's traceback
+        reason = last_line(error).split("MediaError: ", 1)[-1]
+        print(f"recce train: {reason} (re-run recce extract or fix the manifest)", file=sys.stderr)
         return 2
     if result.main_process:
         state = "finished" if result.finished else f"stopped (continue with: recce train --resume {result.out})"

@@ -5,20 +5,30 @@ links, devices and FIFOs are refused, so a hostile archive cannot write outside 
 links. Extraction goes to a hidden temporary folder beside the destination, which is renamed into place
 once complete, together with a marker listing the files; an interrupted run therefore leaves no
 half-filled destination, and a finished one is not redone.
+
+Sizes are checked from the member headers before anything is written too: an archive whose files total more
+than `max_bytes`, expand more than `max_expansion` times the archive's own size, or number more than
+`max_members` is refused (a small compressed archive must not fill the disk).
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import re
 import shutil
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from .indexers.base import DatasetLayoutError
 
 MARKER = ".recce-extracted.json"
+MAX_BYTES = 64 * 2**30  # total size of the extracted files
+MAX_MEMBERS = 500_000
+MAX_EXPANSION = 100  # extracted size / archive size; frames are PNG or JPEG and barely compress
+_EXPANSION_FREE_BYTES = 64 * 2**20  # below this total, any expansion is harmless
 
 
 def member_problem(member: tarfile.TarInfo) -> str | None:
@@ -75,7 +85,39 @@ def write_marker(folder: Path, stamp: dict[str, object], files: list[str]) -> No
     os.replace(temporary, folder / MARKER)
 
 
-def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+def checked_members(
+    tar: tarfile.TarFile, archive: Path, max_bytes: int, max_members: int, max_expansion: float
+) -> list[tarfile.TarInfo]:
+    """The members, read header by header and refused as soon as a limit or a member type is exceeded."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    allowed = max(_EXPANSION_FREE_BYTES, max_expansion * archive.stat().st_size)
+    for member in tar:
+        problem = member_problem(member)
+        if problem:
+            raise DatasetLayoutError(f"{archive}: member {member.name!r} rejected: {problem}")
+        members.append(member)
+        total += member.size if member.isreg() else 0
+        if len(members) > max_members:
+            raise DatasetLayoutError(f"{archive}: refused, more than {max_members} members")
+        if total > max_bytes:
+            raise DatasetLayoutError(f"{archive}: refused, its files total more than {max_bytes} bytes")
+        if total > allowed:
+            raise DatasetLayoutError(
+                f"{archive}: refused, its files total more than {max_expansion:g} times the archive's size "
+                "(a decompression bomb, or raise max_expansion)"
+            )
+    return members
+
+
+def safe_extract(
+    archive: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_members: int = MAX_MEMBERS,
+    max_expansion: float = MAX_EXPANSION,
+) -> list[Path]:
     """Extract a tar archive (plain or compressed) into dest and return the extracted files.
 
     Resumable: a dest already holding a completed extraction of this archive (same name, size and
@@ -96,19 +138,15 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pa
     partial = dest.parent / f".{dest.name}.partial"
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            members = tar.getmembers()
+            members = checked_members(tar, archive, max_bytes, max_members, max_expansion)
             if not ends_with_end_block(tar):
                 raise DatasetLayoutError(f"{archive}: truncated (no end-of-archive block after the last member)")
-            for member in members:
-                problem = member_problem(member)
-                if problem:
-                    raise DatasetLayoutError(f"{archive}: member {member.name!r} rejected: {problem}")
             if partial.exists():
                 shutil.rmtree(partial)  # left by an interrupted run
             partial.mkdir(parents=True)
             data_filter = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(partial, members=members, **data_filter)
-    except (tarfile.TarError, OSError, EOFError) as error:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as error:
         shutil.rmtree(partial, ignore_errors=True)
         raise DatasetLayoutError(f"{archive}: cannot be extracted ({error})") from None
     except BaseException:

@@ -222,7 +222,10 @@ class ManifestDataset(Dataset):
     def load_image(self, index: int) -> np.ndarray:
         """The crop as RGB uint8 after the optional perturbation, before resizing."""
         path = self.path(index)
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+        except cv2.error:  # e.g. a header claiming more pixels than OpenCV's limit
+            image = None
         if image is None:
             raise MediaError(f"{path}: crop is missing or not a readable image")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -11,13 +11,19 @@ Output folder layout (O):
 - `manifest.parquet`, `failures.csv` (path, reason) and `no_face.csv` (frames where no face was kept);
   a shard K of N writes `manifest-shard-K-of-N.parquet`, `failures-shard-K-of-N.csv` and so on.
 
+A video id too long for a file name (over NAME_LIMIT bytes once quoted, e.g. 32 CJK characters) or with
+characters some file systems refuse names its part `#<sha256 of the id>.parquet` and its crops
+`crops/<dataset>/#hashed/<sha256>/`; the manifest keeps the id itself.
+
 Every file is written under a temporary name and renamed, so a kill at any moment leaves either the old
-state or the new one; crops of an unfinished item are deleted before the item is redone.
+state or the new one; crops of an unfinished item are deleted before the item is redone. One run writes an
+output folder at a time (a lock, see recce.locks), shards of one extraction excepted: their items are disjoint.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -26,6 +32,7 @@ import os
 import re
 import signal
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -45,7 +52,8 @@ from recce.data.faces.base import DETECTOR_NAMES
 from recce.data.faces.crop import EDGE_MODES, crop_landmarks
 from recce.data.faces.mask import face_landmarks
 from recce.data.indexers import MediaItem, index_dataset
-from recce.data.video import MediaError, media_length, read_media, sample_indices
+from recce.data.video import MAX_PIXELS, MediaError, last_line, media_length, read_media, sample_indices
+from recce.locks import OutputLock, die_with_parent
 
 logger = logging.getLogger("recce")
 
@@ -56,6 +64,8 @@ NO_DETECTOR = "none"
 SAMPLING_MODES = ("uniform", "every", "all")
 IMAGE_FORMATS = ("png", "jpg")
 _CROP_FILE = re.compile(r"^\d{6,}\.(png|jpg)$|^\..+\.tmp$")
+NAME_LIMIT = 200  # bytes of a file or folder name; 255 is the common maximum, temporary names add some
+_UNPORTABLE = re.compile(r'[\x00-\x1f\x7f\\:*?"<>|]')  # refused by Windows or macOS file systems
 
 
 class ExtractError(ValueError):
@@ -153,13 +163,26 @@ def shard_items(items: Sequence[MediaItem], shard: tuple[int, int] | None) -> li
     return ordered[k - 1 :: n]
 
 
+def _digest(video: str) -> str:
+    return hashlib.sha256(video.encode("utf-8")).hexdigest()
+
+
 def part_path(out: Path, item: MediaItem) -> Path:
-    """The item's done-marker; percent-quoting keeps distinct video ids distinct as flat file names."""
-    return out / PARTS_DIR / item.dataset / f"{quote(item.video, safe='')}.parquet"
+    """The item's done-marker; percent-quoting keeps distinct video ids distinct as flat file names, and a hash
+    (after '#', which quoting never leaves) stands in for an id too long for a file name."""
+    name = quote(item.video, safe="")
+    if len(name) > NAME_LIMIT:
+        name = f"#{_digest(item.video)}"
+    return out / PARTS_DIR / item.dataset / f"{name}.parquet"
 
 
 def crop_dir(out: Path, item: MediaItem) -> Path:
-    return out / CROPS_DIR / item.dataset / item.video
+    parts = item.video.split("/")
+    portable = all(
+        part not in ("", ".", "..") and len(part.encode("utf-8")) <= NAME_LIMIT and not _UNPORTABLE.search(part)
+        for part in parts
+    )
+    return out / CROPS_DIR / item.dataset / (item.video if portable else f"#hashed/{_digest(item.video)}")
 
 
 def output_names(shard: tuple[int, int] | None) -> dict[str, str]:
@@ -216,13 +239,20 @@ _worker: dict = {}
 
 
 def _init_worker(
-    settings: ExtractSettings, out: Path, device: str | None, batch_size: int, threads: int, pooled: bool
+    settings: ExtractSettings,
+    out: Path,
+    device: str | None,
+    batch_size: int,
+    max_pixels: int,
+    threads: int,
+    parent: int | None,
 ) -> None:
-    if pooled:
+    if parent is not None:
+        die_with_parent(parent)  # a killed run must not leave workers writing into the folder
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
         cv2.setNumThreads(threads)
         torch.set_num_threads(threads)
-    _worker.update(settings=settings, out=out, detector=None, batch_size=batch_size, error=None)
+    _worker.update(settings=settings, out=out, detector=None, batch_size=batch_size, max_pixels=max_pixels, error=None)
     if settings.detector == NO_DETECTOR:
         return
     try:
@@ -277,15 +307,19 @@ def extract_item(
     out: Path,
     detector: FaceDetector | None,
     batch_size: int = 16,
+    max_pixels: int = MAX_PIXELS,
 ) -> ItemOutcome:
-    """Crop the faces of one item and write its part; a MediaError leaves no crops of it behind."""
+    """Crop the faces of one item and write its part; a failure is the item's, reported, and leaves no crops."""
     folder = crop_dir(out, item)
     _clear_crops(folder)
     try:
-        return _extract_item(item, settings, out, folder, detector, batch_size)
+        return _extract_item(item, settings, out, folder, detector, batch_size, max_pixels)
     except MediaError as error:
-        _clear_crops(folder)
-        return ItemOutcome(source=str(item.source), failed=str(error))
+        failed = str(error)
+    except Exception as error:  # any library's failure on a hostile file is that file's, never the run's
+        failed = f"{item.source}: {error.__class__.__name__} while extracting ({last_line(error)})"
+    _clear_crops(folder)
+    return ItemOutcome(source=str(item.source), failed=failed)
 
 
 def _extract_item(
@@ -295,13 +329,15 @@ def _extract_item(
     folder: Path,
     detector: FaceDetector | None,
     batch_size: int,
+    max_pixels: int,
 ) -> ItemOutcome:
-    indices = sample_indices(media_length(item.source, item.kind), settings.sampling, settings.frames, settings.every)
+    length = media_length(item.source, item.kind, max_pixels)
+    indices = sample_indices(length, settings.sampling, settings.frames, settings.every)
     detector_name = detector.name if detector is not None else NO_DETECTOR
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     no_face: list[int] = []
-    for batch in _batches(read_media(item.source, item.kind, indices), batch_size):
+    for batch in _batches(read_media(item.source, item.kind, indices, max_pixels), batch_size):
         found = detector.detect([frame for _, frame in batch]) if detector is not None else [None] * len(batch)
         for (index, frame), faces in zip(batch, found, strict=True):
             if detector is None:
@@ -346,7 +382,8 @@ def _extract_item(
 def _run_item(item: MediaItem) -> ItemOutcome:
     if _worker["error"] is not None:
         raise _worker["error"]
-    return extract_item(item, _worker["settings"], _worker["out"], _worker["detector"], _worker["batch_size"])
+    w = _worker
+    return extract_item(item, w["settings"], w["out"], w["detector"], w["batch_size"], w["max_pixels"])
 
 
 def _process(
@@ -357,14 +394,15 @@ def _process(
     workers: int,
     device: str | None,
     batch_size: int,
+    max_pixels: int,
 ) -> Iterator[ItemOutcome]:
     if workers == 0:
-        _init_worker(settings, out, device, batch_size, threads=0, pooled=False)
+        _init_worker(settings, out, device, batch_size, max_pixels, threads=0, parent=None)
         yield from map(_run_item, todo)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # safe with torch and CUDA, and the same on every OS
-    initargs = (settings, out, device, batch_size, threads, True)
+    initargs = (settings, out, device, batch_size, max_pixels, threads, os.getpid())
     with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(_run_item, todo, chunksize=1)
 
@@ -389,6 +427,17 @@ def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None
     return Collected(manifest=path, rows=len(combined), detectors=sorted(detectors), no_face=len(no_face_rows))
 
 
+def output_lock(out: Path, shard: tuple[int, int] | None) -> list[OutputLock]:
+    """Shards of one extraction run side by side (their items are disjoint); anything else needs the folder alone."""
+    if shard is None:
+        return [OutputLock(out, "recce extract")]
+    name = output_names(shard)["manifest"].removesuffix(".parquet")
+    return [
+        OutputLock(out, f"recce extract --shard {shard[0]}/{shard[1]}", shared=True),
+        OutputLock(out, f"recce extract --shard {shard[0]}/{shard[1]}", name=f".recce-{name}.lock"),
+    ]
+
+
 def extract(
     dataset: str,
     root: str | os.PathLike,
@@ -401,41 +450,48 @@ def extract(
     batch_size: int = 16,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
+    max_pixels: int = MAX_PIXELS,
 ) -> ExtractSummary:
     """Extract face crops of a dataset into `out`, resuming finished items; Ctrl-C still writes the manifest.
 
     workers=0 runs in this process; otherwise a spawn pool of that many processes, each with its own detector.
+    Images and frames over `max_pixels` are refused (reported as failures) before they are decoded.
     """
-    if workers < 0 or batch_size <= 0:
-        raise ExtractError("workers must be >= 0 and batch size > 0")
+    if workers < 0 or batch_size <= 0 or max_pixels <= 0:
+        raise ExtractError("workers must be >= 0, batch size and pixel limit > 0")
     out = Path(out)
-    _check_settings(out, dataset, settings)
-    _remove_stale_outputs(out, shard)
-    result = index_dataset(dataset, Path(root), **(index_options or {}))
-    items = shard_items(result.items, shard)
-    todo = [item for item in items if not part_path(out, item).is_file()]
-    run = ExtractSummary(dataset=dataset, items=len(items), already_done=len(items) - len(todo))
-    run.index_skipped = len(result.skipped)
-    run.failures = list(result.skipped)
-    bar = tqdm(total=len(todo), unit="video", desc=f"extract {dataset}", disable=None if progress else True)
-    outcomes = _process(todo, settings, out, workers=workers, device=device, batch_size=batch_size)
-    try:
-        for outcome in outcomes:
-            if outcome.failed:
-                run.failed += 1
-                run.failures.append((outcome.source, outcome.failed.removeprefix(f"{outcome.source}: ")))
-                logger.warning("%s", outcome.failed)
-            else:
-                run.done += 1
-                run.frames += outcome.frames
-                run.faces += outcome.faces
-            bar.update()
-            bar.set_postfix(faces=run.faces, failed=run.failed, refresh=False)
-    except KeyboardInterrupt:
-        run.interrupted = True
-    finally:
-        outcomes.close()  # stops the pool now, also when the interrupt arrived outside the generator
-        bar.close()
-        run.collected = collect(out, items, shard)
-        _write_csv(out / output_names(shard)["failures"], ("path", "reason"), run.failures)
-    return run
+    with ExitStack() as held:
+        for lock in output_lock(out, shard):
+            held.enter_context(lock)
+        _check_settings(out, dataset, settings)
+        _remove_stale_outputs(out, shard)
+        result = index_dataset(dataset, Path(root), **(index_options or {}))
+        items = shard_items(result.items, shard)
+        todo = [item for item in items if not part_path(out, item).is_file()]
+        run = ExtractSummary(dataset=dataset, items=len(items), already_done=len(items) - len(todo))
+        run.index_skipped = len(result.skipped)
+        run.failures = list(result.skipped)
+        bar = tqdm(total=len(todo), unit="video", desc=f"extract {dataset}", disable=None if progress else True)
+        outcomes = _process(
+            todo, settings, out, workers=workers, device=device, batch_size=batch_size, max_pixels=max_pixels
+        )
+        try:
+            for outcome in outcomes:
+                if outcome.failed:
+                    run.failed += 1
+                    run.failures.append((outcome.source, outcome.failed.removeprefix(f"{outcome.source}: ")))
+                    logger.warning("%s", outcome.failed)
+                else:
+                    run.done += 1
+                    run.frames += outcome.frames
+                    run.faces += outcome.faces
+                bar.update()
+                bar.set_postfix(faces=run.faces, failed=run.failed, refresh=False)
+        except KeyboardInterrupt:
+            run.interrupted = True
+        finally:
+            outcomes.close()  # stops the pool now, also when the interrupt arrived outside the generator
+            bar.close()
+            run.collected = collect(out, items, shard)
+            _write_csv(out / output_names(shard)["failures"], ("path", "reason"), run.failures)
+        return run

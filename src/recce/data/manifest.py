@@ -43,7 +43,24 @@ class ManifestError(ValueError):
     """A manifest file that cannot be used, with the file named in the message."""
 
 
-def to_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
+def check_labels(frame: pd.DataFrame, source: str | os.PathLike) -> pd.Series:
+    """The labels as numbers, which must be exactly 0 or 1: casting 0.7, 2 or 300 to int8 would train on silently
+    wrong labels. Text labels are read as numbers ("1" is 1, "fake" is refused)."""
+    labels = frame["label"]
+    numeric = labels
+    if not (pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels)):
+        numeric = pd.to_numeric(labels.astype(object), errors="coerce")
+    bad = np.flatnonzero(~numeric.isin([0, 1]).to_numpy(dtype=bool))
+    if len(bad):
+        value = labels.iloc[bad[0]]
+        shown = repr(value) if isinstance(value, str) else str(value)
+        raise ManifestError(
+            f"{source}: column 'label', row {bad[0]}: {shown} is not 0 (real) or 1 (fake) ({len(bad)} such row(s))"
+        )
+    return numeric
+
+
+def to_frame(rows: Iterable[dict] | pd.DataFrame, source: str | os.PathLike = "manifest rows") -> pd.DataFrame:
     """Build a manifest frame with the canonical column order and dtypes."""
     if isinstance(rows, pd.DataFrame):
         frame = rows.copy()
@@ -52,7 +69,8 @@ def to_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
         frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(COLUMNS))
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        raise ManifestError(f"manifest rows lack columns: {', '.join(missing)}")
+        raise ManifestError(f"{source}: manifest rows lack columns: {', '.join(missing)}")
+    frame["label"] = check_labels(frame, source)
     columns = list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in frame.columns]
     return _optional(frame[columns].astype(COLUMNS).reset_index(drop=True))
 
@@ -114,6 +132,8 @@ def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
         raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
     if missing:
         raise ManifestError(f"{path}: not a recce manifest, missing columns {', '.join(missing)}")
+    if "label" in columns:
+        frame["label"] = check_labels(frame, path)
     return _optional(frame[columns].astype({c: COLUMNS[c] for c in columns if c in COLUMNS}).reset_index(drop=True))
 
 

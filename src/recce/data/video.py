@@ -1,5 +1,10 @@
 """Reading frames from videos (PyAV), frame folders and still images, as RGB uint8 arrays.
 
+Inputs are untrusted: an image or video larger than `max_pixels` (default: 8K UHD) is refused from its header,
+before anything is decoded, and every decoding failure of PyAV, OpenCV or Pillow becomes a MediaError naming
+the file, so a batch job reports it and goes on. Videos are turned upright by their display matrix (the
+rotation phones record instead of rotating the pixels).
+
 Extraction wants a few frames from long videos, so `read_frames` decodes forward but converts only the
 wanted frames, and jumps ahead with a keyframe seek when that skips enough decoding. Frame index i is the
 i-th frame in presentation order; after a seek, frames are identified by their timestamp in a demuxed
@@ -11,6 +16,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,11 +25,15 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 MEDIA_KINDS = ("video", "frames", "image")
 # decoding this many frames costs about as much as one seek (container seek, decoder flush, refill)
 MIN_SEEK_SKIP = 8
+MAX_PIXELS = 7680 * 4320  # 8K UHD: the largest frame accepted by default (about 100 MB decoded as RGB)
+# what decoding libraries raise on hostile or damaged input, besides their own error types
+DECODE_ERRORS = (av.FFmpegError, cv2.error, OSError, ValueError, MemoryError, EOFError, UnicodeDecodeError)
 
 
 class MediaError(ValueError):
@@ -50,9 +60,23 @@ class PacketTable:
         return position if position < len(self.pts) and self.pts[position] == pts else None
 
 
-def _media_error(path: Path, error: Exception) -> MediaError:
-    reason = getattr(error, "strerror", None) or str(error)
-    return MediaError(f"{path}: not a readable video ({reason})")
+def last_line(error: BaseException) -> str:
+    """The line of a library's error that says what failed (OpenCV's messages span lines; the last one does)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else error.__class__.__name__
+
+
+def _media_error(path: Path, error: Exception, what: str = "video") -> MediaError:
+    reason = getattr(error, "strerror", None) or last_line(error)
+    return MediaError(f"{path}: not a readable {what} ({reason})")
+
+
+def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse a picture too large to decode safely (read from the header, before decoding)."""
+    if width * height > max_pixels:
+        raise MediaError(
+            f"{path}: {width}x{height} pixels is over the limit of {max_pixels} (raise it with --max-pixels)"
+        )
 
 
 def _check_file(path: Path) -> None:
@@ -62,22 +86,40 @@ def _check_file(path: Path) -> None:
         raise MediaError(f"{path}: empty file")
 
 
-def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+def _open_video(
+    path: Path, max_pixels: int = MAX_PIXELS
+) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     _check_file(path)
     try:
         container = av.open(os.fspath(path), mode="r")
-    except (av.FFmpegError, UnicodeDecodeError) as error:
+    except DECODE_ERRORS as error:
         raise _media_error(path, error) from None
     if not container.streams.video:
         container.close()
         raise MediaError(f"{path}: no video stream")
-    return container, container.streams.video[0]
+    stream = container.streams.video[0]
+    try:
+        check_pixels(path, stream.codec_context.width, stream.codec_context.height, max_pixels)
+    except MediaError:
+        container.close()
+        raise
+    return container, stream
 
 
-def packet_table(path: str | os.PathLike) -> PacketTable | None:
+def upright(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> np.ndarray:
+    """The frame as RGB, turned as its display matrix says (counter-clockwise degrees; older PyAV: `rotate` tag)."""
+    rotation = getattr(frame, "rotation", None)
+    if rotation is None:
+        rotation = -int(stream.metadata.get("rotate", 0) or 0)  # the tag counts clockwise
+    image = frame.to_ndarray(format="rgb24")
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+def packet_table(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> PacketTable | None:
     """Demux (no decoding) the video stream's packets; None when some packet lacks a timestamp."""
     path = Path(path)
-    container, stream = _open_video(path)
+    container, stream = _open_video(path, max_pixels)
     pts: list[tuple[int, bool]] = []
     try:
         with container:
@@ -87,34 +129,34 @@ def packet_table(path: str | os.PathLike) -> PacketTable | None:
                 if packet.pts is None:
                     return None
                 pts.append((packet.pts, packet.is_keyframe))
-    except av.FFmpegError as error:
+    except DECODE_ERRORS as error:
         raise _media_error(path, error) from None
     pts.sort()
     return PacketTable(pts=[p for p, _ in pts], keyframes=[i for i, (_, key) in enumerate(pts) if key])
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
+def probe(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> VideoInfo:
     """Frame count, rate and size; the count comes from the stream header, or from demuxing when absent."""
     path = Path(path)
-    container, stream = _open_video(path)
+    container, stream = _open_video(path, max_pixels)
     with container:
         frames = stream.frames
         rate = stream.average_rate or stream.guessed_rate
         width, height = stream.codec_context.width, stream.codec_context.height
     if frames <= 0:
-        table = packet_table(path)
-        frames = len(table.pts) if table is not None else _count_decoded(path)
+        table = packet_table(path, max_pixels)
+        frames = len(table.pts) if table is not None else _count_decoded(path, max_pixels)
     if frames <= 0:
         raise MediaError(f"{path}: video has no frames")
     return VideoInfo(frames=frames, fps=float(rate) if rate else 0.0, width=width, height=height)
 
 
-def _count_decoded(path: Path) -> int:
-    container, stream = _open_video(path)
+def _count_decoded(path: Path, max_pixels: int) -> int:
+    container, stream = _open_video(path, max_pixels)
     try:
         with container:
             return sum(1 for _ in container.decode(stream))
-    except av.FFmpegError as error:
+    except DECODE_ERRORS as error:
         raise _media_error(path, error) from None
 
 
@@ -158,9 +200,13 @@ def _wanted(indices: Sequence[int], path: Path) -> list[int]:
 
 
 def read_frames(
-    path: str | os.PathLike, indices: Sequence[int], *, min_seek_skip: int = MIN_SEEK_SKIP
+    path: str | os.PathLike,
+    indices: Sequence[int],
+    *,
+    min_seek_skip: int = MIN_SEEK_SKIP,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (index, RGB uint8 frame) for the wanted indices, in increasing order.
+    """Yield (index, upright RGB uint8 frame) for the wanted indices, in increasing order.
 
     A wanted frame the video does not contain (truncated or damaged stream) raises MediaError after the
     frames before it were yielded.
@@ -169,9 +215,9 @@ def read_frames(
     wanted = _wanted(indices, path)
     if not wanted:
         return
-    table = packet_table(path)
+    table = packet_table(path, max_pixels)
     seeks = seek_plan(wanted, table.keyframes, min_seek_skip) if table is not None else {}
-    container, stream = _open_video(path)
+    container, stream = _open_video(path, max_pixels)
     pending = deque(wanted)
     decoded_count = 0
     try:
@@ -193,10 +239,13 @@ def read_frames(
                 decoded_count += 1
                 if index == pending[0]:
                     pending.popleft()
-                    yield index, frame.to_ndarray(format="rgb24")
+                    check_pixels(path, frame.width, frame.height, max_pixels)  # a stream may change size mid-way
+                    yield index, upright(frame, stream)
                 elif index > pending[0]:
                     break
-    except av.FFmpegError as error:
+    except MediaError:
+        raise
+    except DECODE_ERRORS as error:
         raise _media_error(path, error) from None
     if pending:
         raise MediaError(f"{path}: frame {pending[0]} is missing (stream ends or skips it; truncated or damaged video)")
@@ -217,20 +266,45 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def image_size(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
+    """(width, height) from the image header (Pillow reads it without decoding), None for a format it lacks."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.size
+    except Image.DecompressionBombError:  # over twice Pillow's own bound, which it checks before telling the size
+        bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if bound < max_pixels:
+            return None  # a limit above Pillow's: OpenCV reads the header, and the decoded size is checked
+        raise MediaError(
+            f"{path}: more than {bound} pixels is over the limit of {max_pixels} (raise it with --max-pixels)"
+        ) from None
+    except (Image.UnidentifiedImageError, *DECODE_ERRORS):
+        return None
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB uint8 (grey and alpha images are converted to 3 channels)."""
     path = Path(path)
     _check_file(path)
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    size = image_size(path, max_pixels)
+    if size is not None:
+        check_pixels(path, *size, max_pixels)
+    try:
+        image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    except DECODE_ERRORS as error:
+        raise _media_error(path, error, "image") from None
     if image is None:
         raise MediaError(f"{path}: not a readable image")
+    check_pixels(path, image.shape[1], image.shape[0], max_pixels)  # a format Pillow could not size
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def media_length(source: str | os.PathLike, kind: str) -> int:
+def media_length(source: str | os.PathLike, kind: str, max_pixels: int = MAX_PIXELS) -> int:
     """Number of frames of a video, a frame folder (its images) or a still image (1)."""
     if kind == "video":
-        return probe(source).frames
+        return probe(source, max_pixels).frames
     if kind == "frames":
         return len(list_frame_files(source))
     if kind == "image":
@@ -239,11 +313,13 @@ def media_length(source: str | os.PathLike, kind: str) -> int:
     raise ValueError(f"unknown media kind {kind!r}; expected one of {', '.join(MEDIA_KINDS)}")
 
 
-def read_media(source: str | os.PathLike, kind: str, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+def read_media(
+    source: str | os.PathLike, kind: str, indices: Sequence[int], max_pixels: int = MAX_PIXELS
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (index, RGB frame) for the wanted indices of a video, frame folder or still image (index 0)."""
     source = Path(source)
     if kind == "video":
-        yield from read_frames(source, indices)
+        yield from read_frames(source, indices, max_pixels=max_pixels)
         return
     wanted = _wanted(indices, source)
     files = list_frame_files(source) if kind == "frames" else [source] if kind == "image" else None
@@ -252,4 +328,4 @@ def read_media(source: str | os.PathLike, kind: str, indices: Sequence[int]) -> 
     if wanted and wanted[-1] >= len(files):
         raise MediaError(f"{source}: frame {wanted[-1]} requested but only {len(files)} available")
     for index in wanted:
-        yield index, read_image(files[index])
+        yield index, read_image(files[index], max_pixels)

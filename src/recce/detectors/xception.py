@@ -18,6 +18,10 @@ class XceptionConfig:
     num_classes: int = 1  # 1: sigmoid / BCE as RECCE; 2: softmax / CE
     drop_rate: float = 0.2  # dropout before the linear head
 
+    def __post_init__(self):
+        if not 0 <= self.drop_rate < 1:
+            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
+
 
 @dataclass(frozen=True)
 class XceptionLoss:

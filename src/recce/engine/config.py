@@ -10,6 +10,7 @@ are errors that name the key and the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -279,3 +280,63 @@ def validate(config: TrainConfig) -> None:
         value = getattr(d, name)
         if isinstance(value, str):
             setattr(d, name, [value])
+    _check_ranges(config)
+    _check_device(t.device)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    """Optimiser, training and data values inside the ranges where they mean something."""
+    o, t, d = config.optim, config.train, config.data
+    checks = (
+        ("optim.lr", o.lr, _number(o.lr) and o.lr > 0, "a positive number"),
+        ("optim.weight_decay", o.weight_decay, _number(o.weight_decay) and o.weight_decay >= 0, "a number >= 0"),
+        ("optim.eps", o.eps, _number(o.eps) and o.eps > 0, "a positive number"),
+        ("optim.gamma", o.gamma, _number(o.gamma) and 0 < o.gamma <= 1, "a number in (0, 1]"),
+        (
+            "optim.betas",
+            o.betas,
+            isinstance(o.betas, (list, tuple))
+            and len(o.betas) == 2
+            and all(_number(b) and 0 <= b < 1 for b in o.betas),
+            "two numbers in [0, 1)",
+        ),
+        (
+            "train.seed",
+            t.seed,
+            isinstance(t.seed, int) and not isinstance(t.seed, bool) and 0 <= t.seed < 2**32 - 1024,
+            "an integer in 0 .. 2**32 - 1025",
+        ),
+        ("data.flip_p", d.flip_p, _number(d.flip_p) and 0 <= d.flip_p <= 1, "a probability in [0, 1]"),
+        (
+            "data.val_limit",
+            d.val_limit,
+            d.val_limit is None
+            or (isinstance(d.val_limit, int) and not isinstance(d.val_limit, bool) and d.val_limit > 0),
+            "null or a positive integer",
+        ),
+    )
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_device(device: Any) -> None:
+    """A device this machine has: a run asked for CUDA must not start, then fail, on a machine without it."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"train.device={device} but no CUDA device is available here; use auto or cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"train.device={device} but this machine has {count} CUDA device(s)")

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
+from timm.layers import convert_sync_batchnorm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -34,8 +35,9 @@ from recce.engine.config import SELECT_METRICS, ConfigError, TrainConfig
 from recce.engine.inference import score_frames
 from recce.engine.runtime import autocast, init_distributed, resolve_amp
 from recce.engine.sampler import EpochSampler
+from recce.locks import OutputLock
 from recce.metrics import aggregate_videos, binary_metrics, json_safe
-from recce.weights import CheckpointError, read_state_dict
+from recce.weights import CheckpointError, load_torch_file, read_state_dict
 
 log = logging.getLogger("recce")
 
@@ -145,6 +147,7 @@ class Trainer:
         self.progress = progress
         self.context, self.device = init_distributed(config.train.device)
         self.out = Path(config.train.out)
+        self.lock = OutputLock(self.out, "recce train").acquire() if self.context.is_main else None
         self.train_set, self.val_set = load_datasets(config)
         state_path = self.out / "last.pt"
         if resume and not state_path.is_file():
@@ -158,11 +161,11 @@ class Trainer:
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.context.enabled and t.sync_bn and self.device.type == "cuda":  # SyncBatchNorm is GPU-only
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)  # timm's keeps the activation of BatchNormAct2d (EfficientNet)
         self.model = model
         self.detector = checkpoints.unwrap(model)
         self.loss_config = config.loss_config()
-        self.loss_names: list[str] = []
+        self.loss_names: list[str] = []  # the detector's loss terms, in the order it returns them
         fused = self.device.type in ("cuda", "cpu")
         o = config.optim
         optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[o.name]
@@ -192,6 +195,10 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best: dict[str, Any] | None = None
         self.writer = None
+        # the losses summed since the last log line: part of the state, so a resumed run logs what an
+        # uninterrupted one does whatever checkpoint_every and log_every are
+        self.loss_sums: torch.Tensor | None = None  # the running window of the loss terms, created at the first step
+        self.loss_count = 0
         if resume:
             self._restore(state_path)
         if self.context.is_main:
@@ -247,9 +254,13 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         rng = [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [])
         all_rng = [rng]
+        window = (self.loss_names, None if self.loss_sums is None else self.loss_sums.cpu(), self.loss_count)
+        loss_window = [window]
         if self.context.enabled:
             all_rng = [None] * self.context.world_size
             dist.all_gather_object(all_rng, [r.cpu() for r in rng])
+            loss_window = [None] * self.context.world_size
+            dist.all_gather_object(loss_window, window)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -259,6 +270,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "rng": all_rng,
+            "loss_window": loss_window,
             "best": json.dumps(json_safe(self.best)),
             "world_size": self.context.world_size,
         }
@@ -272,7 +284,16 @@ class Trainer:
             os.replace(tmp, path)
 
     def _restore(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """Load `last.pt`; a file that is not a training state of this run is one CheckpointError line."""
+        state = load_torch_file(path, mmap=False)
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = f"{error.__class__.__name__}: {lines[0] if lines else 'no message'}"
+            raise CheckpointError(f"{path}: not a training state this run can resume ({reason[:300]})") from None
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -282,6 +303,11 @@ class Trainer:
         if state["world_size"] != self.context.world_size:  # same samples consumed, counted in the new batches
             self.batch_in_epoch = self.batch_in_epoch * state["world_size"] // self.context.world_size
         if state["world_size"] == self.context.world_size:
+            if "loss_window" in state:  # absent from states written before it was kept
+                names, sums, count = state["loss_window"][self.context.rank]
+                if sums is not None:
+                    self.loss_names, self.loss_sums = list(names), sums.to(self.device)
+                    self.loss_count = int(count)
             rng = state["rng"][self.context.rank]
             torch.set_rng_state(rng[0])
             if self.device.type == "cuda" and len(rng) > 1:
@@ -391,8 +417,7 @@ class Trainer:
         t = self.config.train
         last_step = t.steps if stop_after is None else min(t.steps, self.step + stop_after)
         self.model.train()
-        sums: torch.Tensor | None = None
-        count, tick = 0, time.perf_counter()
+        timed, tick = 0, time.perf_counter()
         bar = tqdm(
             total=t.steps,
             initial=self.step,
@@ -405,20 +430,22 @@ class Trainer:
                 self.sampler.set_position(self.epoch, self.batch_in_epoch)
                 for images, labels in self.train_loader():
                     losses = self.train_step(images, labels)
-                    if sums is None:
+                    if self.loss_sums is None:
                         self.loss_names = list(losses)
-                        sums = torch.zeros(len(self.loss_names), device=self.device)
-                    sums += torch.stack([losses[n].detach().float() for n in self.loss_names])
-                    count += 1
+                        self.loss_sums = torch.zeros(len(self.loss_names), device=self.device)
+                    self.loss_sums += torch.stack([losses[n].detach().float() for n in self.loss_names])
+                    self.loss_count += 1
+                    timed += 1
                     self.step += 1
                     self.batch_in_epoch += 1
                     bar.update(1)
-                    if self.step % t.log_every == 0 or self.step == last_step:
-                        averages = sums.tolist()  # waits for the queued GPU work, so the rate below is true
-                        rate = count * t.batch_size * self.context.world_size / (time.perf_counter() - tick)
-                        self._log_losses(sums, averages, count, rate, bar)
-                        sums.zero_()
-                        count, tick = 0, time.perf_counter()
+                    if self.step % t.log_every == 0 or self.step == t.steps:  # a stop keeps its window open
+                        averages = self.loss_sums.tolist()  # waits for the queued GPU work, so the rate is true
+                        rate = timed * t.batch_size * self.context.world_size / (time.perf_counter() - tick)
+                        self._log_losses(self.loss_sums, averages, self.loss_count, rate, bar)
+                        self.loss_sums.zero_()
+                        self.loss_count = 0
+                        timed, tick = 0, time.perf_counter()
                     if self.val_set is not None and (self.step % t.val_every == 0 or self.step == t.steps):
                         self._validate_and_select()
                     if self.step % t.checkpoint_every == 0 or self.step == last_step:
@@ -444,11 +471,12 @@ class Trainer:
         return TrainResult(self.out, self.step, finished, self.best, self.context.is_main)
 
     def close(self) -> None:
-        """Release the TensorBoard writer and the train.log handler."""
+        """Release the TensorBoard writer, the train.log handler and the run folder."""
         if self.context.is_main:
             self.writer.close()
             log.removeHandler(self._log_handler)
             self._log_handler.close()
+            self.lock.release()
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -57,13 +58,39 @@ class IndexResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode): the same for every name of one file (links included); None when it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Files under root, sorted, without following folder links (a link up the tree would loop), each file once."""
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            identity = file_identity(path)
+            if identity is not None and identity not in seen and path.is_file():
+                seen.add(identity)
+                yield path
+
+
 class ItemCollector:
-    """Gathers items; a listed file absent on disk is an error, or a counted skip under allow_missing."""
+    """Gathers items; a listed file absent on disk is an error, or a counted skip under allow_missing.
+
+    A file or folder reached under two names (links) is indexed once, so one video cannot land in several splits.
+    """
 
     def __init__(self, allow_missing: bool = False) -> None:
         self.allow_missing = allow_missing
         self._items: dict[str, MediaItem] = {}
         self._skipped: list[tuple[str, str]] = []
+        self._sources: dict[tuple[int, int], Path] = {}
 
     def add(self, item: MediaItem, listed_in: Path | None = None) -> None:
         """Add an item; with `listed_in` (the split or metadata file naming it) its source must exist."""
@@ -79,6 +106,11 @@ class ItemCollector:
             raise DatasetLayoutError(
                 f"{item.source}: video id {item.video!r} also used by {previous.source} ({previous.split})"
             )
+        identity = file_identity(item.source)
+        first = self._sources.setdefault(identity, item.source) if identity is not None else item.source
+        if first != item.source:
+            self.skip(item.source, f"the same file as {first}, indexed once")
+            return
         self._items[item.video] = item
 
     def skip(self, path: str | Path, reason: str) -> None:

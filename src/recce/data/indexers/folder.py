@@ -7,7 +7,8 @@ What is an item inside `real/` or `fake/` (searched recursively):
   photos directly in `real/` or `fake/`, and give each frame sequence its own folder).
 The video id is the path relative to root without its extension, e.g. `fake/clip01`; the method is the
 first folder inside `real/` or `fake/` that contains the item (e.g. `fake/stylegan/x.png` -> stylegan),
-else "real" or "fake". Hidden files are ignored; other files are reported in `skipped`.
+else "real" or "fake". Hidden files are ignored; other files, and links to folders (not followed), are reported
+in `skipped`; a file reached under two names is indexed once.
 
 Splits: with `train/`, `val/` or `test/` folders, the folder decides. Without them everything is "test"
 (the common case: evaluating a trained detector on one's own data) unless `val_fraction` or
@@ -47,7 +48,9 @@ def media_in(class_dir: Path, collector: ItemCollector) -> Iterator[tuple[Path, 
             yield folder, "frames"
             continue
         for entry in entries:
-            if entry.is_dir():
+            if entry.is_dir() and entry.is_symlink():  # followed, `up -> ../..` would index the tree again
+                collector.skip(entry, "link to a folder, not followed")
+            elif entry.is_dir():
                 pending.append(entry)
             elif entry.suffix.lower() in VIDEO_EXTENSIONS:
                 yield entry, "video"

@@ -48,12 +48,14 @@ def frame_folders(tree: Path) -> list[Path]:
     return sorted(found)
 
 
-def unit_trees(folder: Path, extracted: Path) -> list[tuple[Path, Path]]:
+def unit_trees(folder: Path, extracted: Path, collector: ItemCollector) -> list[tuple[Path, Path]]:
     """(tree, base of its video ids) for every archive unit of one split folder, extracting as needed.
 
     A unit is read from, in order of preference: a folder extracted by the user beside its archive
     (ids relative to the split folder); a completed extraction of its archive (ids relative to the
     extraction folder), made now if missing or stale, or kept when the archive was deleted afterwards.
+    An archive that cannot be extracted, or whose name gives no folder name (`...tar`), is reported to the
+    collector and the others are read.
     """
     entries = sorted(folder.iterdir()) if folder.is_dir() else []
     units: dict[str, tuple[Path, Path]] = {}
@@ -62,9 +64,17 @@ def unit_trees(folder: Path, extracted: Path) -> list[tuple[Path, Path]]:
             units[entry.name] = (entry, folder)
     for entry in entries:
         stem = archive_stem(entry)
-        if stem is not None and entry.is_file() and stem not in units:
+        if stem is None or not entry.is_file() or stem in units:
+            continue
+        if not stem or stem.startswith("."):
+            collector.skip(entry, "archive name leaves no usable folder name; rename it, e.g. 12.tar")
+            continue
+        try:
             archive.safe_extract(entry, extracted / stem)
-            units[stem] = (extracted / stem, extracted / stem)
+        except DatasetLayoutError as error:
+            collector.skip(entry, str(error).removeprefix(f"{entry}: "))
+            continue
+        units[stem] = (extracted / stem, extracted / stem)
     for entry in sorted(extracted.iterdir()) if extracted.is_dir() else []:  # archives deleted since
         if (entry / archive.MARKER).is_file() and entry.name not in units:
             units[entry.name] = (entry, entry)
@@ -84,7 +94,7 @@ def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None, val_
             collector.skip(root / name, "folder missing, so the index has none of its sequences")
     for name in present:
         split, label = SPLIT_FOLDERS[name]
-        for tree, base in unit_trees(root / name, extract_to / name):
+        for tree, base in unit_trees(root / name, extract_to / name, collector):
             unit_split = "val" if split == "train" and hash_unit(f"wilddeepfake/{tree.name}") < val_fraction else split
             sequences = frame_folders(tree)
             if not sequences:

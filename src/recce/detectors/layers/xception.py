@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import timm
 import torch
@@ -36,18 +37,20 @@ def build_encoder(pretrained: str | os.PathLike | None = None) -> nn.Module:
 
 def load_imagenet_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
     """Load `xception-43020ad28.pth` (timm / Cadene ImageNet Xception) into the encoder, dropping the 1000-way head."""
-    state = strip_prefix(read_state_dict(path))
-    cleaned = {}
-    for key, value in state.items():
-        if key.startswith(("fc.", "last_linear.")):
-            continue
-        if key.endswith("pointwise.weight") and value.dim() == 2:  # some ports store 1x1 convs as matrices
-            value = value[:, :, None, None]
-        cleaned[key] = value
+    state = cadene_to_timm(strip_prefix(read_state_dict(path)))
+    cleaned = {key: value for key, value in state.items() if not key.startswith(("fc.", "last_linear."))}
     problem = mismatch(encoder.state_dict(), cleaned)
     if problem:
         raise CheckpointError(f"{path}: not ImageNet Xception weights: {problem}")
     encoder.load_state_dict(cleaned)
+
+
+def cadene_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cadene-named Xception tensors as timm `legacy_xception` holds them (some ports store 1x1 convs as matrices)."""
+    return {
+        key: value[:, :, None, None] if key.endswith("pointwise.weight") and value.dim() == 2 else value
+        for key, value in state.items()
+    }
 
 
 def run_stage(encoder: nn.Module, stage: int, x: torch.Tensor) -> torch.Tensor:
