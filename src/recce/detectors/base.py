@@ -66,7 +66,11 @@ class Preprocess:
         return dataclasses.replace(self, input_size=int(size), resize=resize)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields; `face_mask` only when set, so every other detector's record stays as it was."""
+        values = dataclasses.asdict(self)
+        if not self.face_mask:
+            del values["face_mask"]
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Preprocess:
