@@ -174,9 +174,12 @@ def _toy_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_tiny_manifest(root: Path, size: int) -> Path:
-    """A toy train/val/test manifest of size x size crops (4 frames per video, alternating labels)."""
+    """A toy train/val/test manifest of size x size crops (4 frames per video, alternating labels); each crop has
+    face landmarks (a canonical layout) for detectors whose input has a face mask."""
     from recce.data import manifest
+    from recce.data.landmarks import assumed_landmarks
 
+    landmarks = assumed_landmarks(1.3).reshape(10)
     rng = np.random.default_rng(0)
     rows = []
     for split, videos in (("train", 8), ("val", 4), ("test", 4)):
@@ -202,6 +205,8 @@ def write_tiny_manifest(root: Path, size: int) -> Path:
                         y2=size,
                         score=1.0,
                         detector="none",
+                        landmarks=landmarks,
+                        landmarks_source="crop",
                     )
                 )
     return manifest.write(manifest.to_frame(rows), root / "manifest.parquet")

@@ -20,6 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from recce.data.faces import FaceDetector, choose_face, crop_face
+from recce.data.faces.crop import crop_landmarks
+from recce.data.faces.mask import face_landmarks
 from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, walk_files
 from recce.data.video import MAX_PIXELS, MediaError, last_line, probe, read_frames, read_image, sample_indices
 from recce.engine.inference import preprocess_of, score_images
@@ -147,6 +149,7 @@ class MediaScorer:
             frames = _until_error(_frames(path, result.kind, self.settings.frames, self.settings.max_pixels), result)
             found: list[tuple[int, object]] = []
             crops: list[np.ndarray] = []
+            landmarks: list[np.ndarray] = []  # per crop, normalised: for detectors with a face-mask input
             for batch in _batched(frames, self.settings.batch_size):
                 detections = self.faces.detect([frame for _, frame in batch])
                 for (index, frame), faces in zip(batch, detections, strict=True):
@@ -158,6 +161,8 @@ class MediaScorer:
                     for face in faces:
                         found.append((index, face))
                         crops.append(crop_face(frame, face.box, self.settings.scale, self.size))
+                        points = face_landmarks(face)[0]
+                        landmarks.append(crop_landmarks(points, face.box, frame.shape[:2], self.settings.scale))
         except MediaError as error:
             result.error = str(error)
             return result, []
@@ -176,6 +181,7 @@ class MediaScorer:
             device=self.settings.device,
             amp=self.settings.amp,
             maps=keep_crops,
+            landmarks=landmarks,
         )
         result.faces = [
             FaceResult(index, tuple(float(v) for v in face.box), float(face.score), float(score))

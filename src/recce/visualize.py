@@ -53,6 +53,7 @@ class FaceItem:
     key: str
     image: np.ndarray
     title: str
+    landmarks: np.ndarray | None = None  # five normalised points, for detectors with a face-mask input
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def manifest_items(frame: pd.DataFrame, limit: int) -> list[FaceItem]:
     for row in chosen.itertuples():
         kind = "fake" if row.label == 1 else "real"
         title = f"{row.dataset}/{row.video} frame {row.frame} ({kind}, {row.method})"
-        items.append(FaceItem(row.path, read_image(row.abspath), title))
+        items.append(FaceItem(row.path, read_image(row.abspath), title, getattr(row, "landmarks", None)))
     return items
 
 
@@ -164,8 +165,9 @@ def write_panels(
     panels = []
     for index, item in enumerate(items):
         variants = _variants(item, perturbations, level)
+        landmarks = None if item.landmarks is None else [item.landmarks] * len(variants)
         scores, maps = score_images(
-            model, [image for _, image in variants], size=size, device=device, amp=amp, maps=True
+            model, [image for _, image in variants], size=size, device=device, amp=amp, maps=True, landmarks=landmarks
         )
         rows = [
             MaskRow(image, m, float(score), f"{item.title} · {name}" if perturbations else item.title)

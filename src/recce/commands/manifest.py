@@ -1,4 +1,4 @@
-"""`recce manifest`: merge shard manifests into one, and summarise a manifest's contents."""
+"""`recce manifest`: merge shard manifests into one, summarise a manifest, add face landmarks to one."""
 
 from __future__ import annotations
 
@@ -17,6 +17,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("inputs", nargs="+", metavar="IN", help="manifests to merge")
     info = actions.add_parser("info", help="rows, videos and crops by dataset, split, label and method")
     info.add_argument("manifest", help="manifest to describe")
+    marks = actions.add_parser(
+        "landmarks",
+        help="add five face landmarks per crop (for face-mask detectors such as Add-Net) by running the face "
+        "detector on the crops; rows that have them are kept unless --redo",
+    )
+    marks.add_argument("manifest", help="manifest to complete (rewritten in place unless --out)")
+    marks.add_argument("--out", help="write the completed manifest here instead (in the same folder)")
+    marks.add_argument(
+        "--face-detector",
+        default="auto",
+        help="auto (RetinaFace when weights are given, else Haar, whose landmarks are approximated from its box), "
+        "retinaface, retinaface-mobilenet0.25, retinaface-resnet50 or haar",
+    )
+    marks.add_argument("--weights", help="RetinaFace weights (or set RECCE_RETINAFACE_WEIGHTS)")
+    marks.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    marks.add_argument("--min-score", type=float, default=0.6, help="ignore faces scoring lower (default 0.6)")
+    marks.add_argument(
+        "--scale",
+        type=float,
+        default=1.3,
+        help="crop side / face side the crops were cut with, to place the points where no face is found (1.3)",
+    )
+    marks.add_argument("--batch-size", type=int, default=16, help="crops per face-detector call (default 16)")
+    marks.add_argument("--redo", action="store_true", help="recompute the landmarks of every row")
+    marks.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 SUMMARY_COLUMNS = ("dataset", "split", "label", "method", "video")
@@ -30,11 +55,13 @@ def describe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.action == "landmarks":
+            return _landmarks(args)
         if args.action == "merge":
             merged = manifest.merge(args.inputs, args.out)
             print(f"{args.out}: {len(merged)} crops from {len(args.inputs)} manifests")
             return 0
-        frame = manifest.read(args.manifest, columns=SUMMARY_COLUMNS)  # paths are not needed
+        frame = manifest.read(args.manifest, columns=[*SUMMARY_COLUMNS, manifest.LANDMARKS_SOURCE])  # no paths
     except manifest.ManifestError as error:
         print(f"recce manifest: {error}", file=sys.stderr)
         return 2
@@ -42,4 +69,47 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.manifest}: {len(frame)} crops from {videos} videos")
     if len(frame):
         print(describe(frame).to_string(index=False))
+    print(f"face landmarks: {landmark_counts(frame)}")
+    return 0
+
+
+def landmark_counts(frame: pd.DataFrame) -> str:
+    """How many crops have landmarks, by source (detected, box, crop), and how many have none (no source)."""
+    if manifest.LANDMARKS_SOURCE not in frame.columns:
+        return f"none ({len(frame)} crops; add them with `recce manifest landmarks`)"
+    sources = frame[manifest.LANDMARKS_SOURCE]
+    counts = [f"{count} {source}" for source, count in sources[sources != ""].value_counts().sort_index().items()]
+    return ", ".join([*counts, f"{int((sources == '').sum())} without"])
+
+
+def _landmarks(args: argparse.Namespace) -> int:
+    from recce.data.faces import build_detector
+    from recce.data.landmarks import add_landmarks
+
+    try:
+        detector = build_detector(
+            args.face_detector,
+            weights=args.weights,
+            device=args.device,
+            score_threshold=args.min_score,
+            batch_size=args.batch_size,
+        )
+        summary = add_landmarks(
+            args.manifest,
+            detector,
+            out=args.out,
+            scale=args.scale,
+            redo=args.redo,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+    except (ValueError, OSError) as error:  # ManifestError is a ValueError
+        print(f"recce manifest: {error}", file=sys.stderr)
+        return 2
+    found = ", ".join(f"{count} {source}" for source, count in sorted(summary.sources.items())) or "none"
+    print(f"{summary.manifest}: {summary.rows} crops, {summary.todo} needed landmarks ({detector.name}): {found}")
+    print('  sources: "detected" by the face detector, "box" placed in its box (Haar), "crop" no face found')
+    if summary.failures:
+        print(f"  {len(summary.failures)} crops could not be read and still have none, e.g. {summary.failures[0][0]}")
+        return 1
     return 0

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+DESCRIBED = {"name", "paper", "source", "reference", "preprocess", "maps", "config", "loss", "choices"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="show these detectors in full (config, loss, choices)")
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  loss config (defaults): {json.dumps(d['loss'])}")
             if d["choices"]:
                 print(f"  the project's own choices (no reference): {', '.join(d['choices'])}")
+            for key in d.keys() - DESCRIBED:  # what a detector adds, e.g. Add-Net's face-mask recipe
+                print(f"  {key}: {json.dumps(d[key])}")
         return 0
     rows = [("detector", "input", "normalisation", "maps", "source", "paper"), *map(_line, descriptions)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -3,8 +3,10 @@
 Transform (RECCE's albumentations pipeline, generalised by the detector's `Preprocess`): cv2 read, BGR->RGB,
 optional perturbation, Resize to the load size bilinear without keeping the aspect ratio, a crop to the input size
 (random in training, centred otherwise; none when both sizes agree), HorizontalFlip(p) in training only,
-Normalize(mean, std), CHW float32. The training sampler passes each row's augmentation seed with its index, so flips are
-the same whatever the workers and when a run resumes; a bare index draws from torch's generator instead.
+Normalize(mean, std), CHW float32; with `preprocess.face_mask`, a 4th channel: the face mask drawn from the crop's
+landmarks at the load size, cropped and flipped with the image. The training sampler passes each row's
+augmentation seed with its index, so flips are the same whatever the workers and when a run resumes; a bare index
+draws from torch's generator instead.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from recce.data import manifest
+from recce.data.faces.mask import as_landmarks, render_mask
 from recce.data.video import MediaError
 from recce.detectors.base import Preprocess
 
@@ -48,13 +51,21 @@ def row_seed(path: str) -> int:
 
 
 def to_tensor(
-    image: np.ndarray, preprocess: Preprocess, flip: bool = False, offset: tuple[int, int] | None = None
+    image: np.ndarray,
+    preprocess: Preprocess,
+    flip: bool = False,
+    offset: tuple[int, int] | None = None,
+    landmarks: np.ndarray | None = None,
 ) -> torch.Tensor:
     """RGB uint8 → resized (bilinear, aspect not kept), cropped at `offset` (default: centred), optionally mirrored,
-    normalised, CHW float32."""
+    normalised, CHW float32; with `preprocess.face_mask`, the mask of the crop's normalised `landmarks` appended."""
     load, size = preprocess.load_size, preprocess.input_size
     if image.shape[:2] != (load, load):
         image = cv2.resize(image, (load, load), interpolation=cv2.INTER_LINEAR)
+    if preprocess.face_mask:
+        if landmarks is None:
+            raise ValueError("this detector's input has a face-mask channel: the crop's landmarks are needed")
+        image = np.dstack([image, render_mask(landmarks, load)])
     if load != size:
         top, left = offset if offset is not None else ((load - size) // 2, (load - size) // 2)
         image = image[top : top + size, left : left + size]
@@ -63,6 +74,8 @@ def to_tensor(
     tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32)
     mean = torch.tensor(preprocess.mean).view(3, 1, 1) * 255
     std = torch.tensor(preprocess.std).view(3, 1, 1) * 255
+    if preprocess.face_mask:
+        return torch.cat([(tensor[:3] - mean) / std, tensor[3:]])
     return (tensor - mean) / std
 
 
@@ -115,8 +128,9 @@ class ManifestDataset(Dataset):
 
     Only the columns training and scoring use are kept (`COLUMNS`), compactly: crop paths as one Arrow string
     buffer with the manifest's folder held once, repeated strings as categorical codes, numbers as small
-    integers: about 70 bytes a DFDC row (benchmarks/scale.py). `frame` rebuilds those columns (not the face box,
-    detector or its score) as a DataFrame on demand. Every process of a distributed run holds all rows: the
+    integers: about 70 bytes a DFDC row (benchmarks/scale.py); with `preprocess.face_mask`, the face landmarks
+    too (40 bytes a row). `frame` rebuilds those columns (not the face box, detector or its score) as a DataFrame
+    on demand. Every process of a distributed run holds all rows: the
     training sampler draws each rank's share from a permutation of the whole epoch.
     """
 
@@ -136,18 +150,20 @@ class ManifestDataset(Dataset):
         methods: Sequence[str] | None = None,
         compressions: Sequence[str] | None = None,
     ) -> None:
+        preprocess = as_preprocess(preprocess)
         if isinstance(frame_or_path, pd.DataFrame):
-            source, frame = "manifest frame", frame_or_path
+            source, frame = frame_or_path.attrs.get("path", "manifest frame"), frame_or_path
             root = _common_root(frame)
         else:
-            source, frame = str(frame_or_path), manifest.read(frame_or_path, columns=self.COLUMNS)
+            columns = (*self.COLUMNS, manifest.LANDMARKS) if preprocess.face_mask else self.COLUMNS
+            source, frame = str(frame_or_path), manifest.read(frame_or_path, columns=columns)
             root = str(Path(frame_or_path).resolve().parent)
         filters = {"datasets": datasets, "splits": splits, "methods": methods, "compressions": compressions}
         frame = manifest.select(frame, **filters)
         if frame.empty:
             given = ", ".join(f"{k}={list(v)}" for k, v in filters.items() if v) or "no filters"
             raise ValueError(f"{source}: no rows match ({given})")
-        self.preprocess = as_preprocess(preprocess)
+        self.preprocess = preprocess
         self.train = train
         self.flip_p = flip_p
         self.perturbation = perturbation
@@ -160,6 +176,8 @@ class ManifestDataset(Dataset):
         self._labels = frame["label"].to_numpy(dtype=np.int8)
         self._frames = frame["frame"].to_numpy(dtype=np.int32)
         self._meta = {c: _Strings(frame[c], categorical=True) for c in META_COLUMNS if c != "frame"}
+        self._source = source
+        self._landmarks = _landmarks(frame, source) if preprocess.face_mask else None
         del frame
         pa.default_memory_pool().release_unused()  # hand the read's transient buffers back to the system
 
@@ -175,6 +193,9 @@ class ManifestDataset(Dataset):
         frame["abspath"] = (
             self._abspaths.series() if self._root is None else manifest.absolute_paths(frame["path"], self._root)
         )
+        if self._landmarks is not None:
+            frame[manifest.LANDMARKS] = pd.Series(list(self._landmarks), dtype=object)
+        frame.attrs["path"] = self._source
         return frame
 
     @property
@@ -182,7 +203,8 @@ class ManifestDataset(Dataset):
         """Bytes held for the rows (paths, codes, numbers): what each training process keeps of the manifest."""
         separate = self._abspaths is not None and self._abspaths is not self._keys
         columns = [self._keys, *self._meta.values(), *([self._abspaths] if separate else [])]
-        return sum(c.nbytes for c in columns) + self._labels.nbytes + self._frames.nbytes
+        landmarks = self._landmarks.nbytes if self._landmarks is not None else 0
+        return sum(c.nbytes for c in columns) + self._labels.nbytes + self._frames.nbytes + landmarks
 
     def path(self, index: int) -> str:
         """The crop's file."""
@@ -211,10 +233,12 @@ class ManifestDataset(Dataset):
             image = self.perturbation(image, row_seed(self._keys[index]))
         return image
 
-    def transform(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
+    def transform(
+        self, image: np.ndarray, seed: int | None = None, landmarks: np.ndarray | None = None
+    ) -> torch.Tensor:
         """The paper's transform; the training flip (and crop) are decided by `seed` when given."""
         if not self.train:
-            return to_tensor(image, self.preprocess)
+            return to_tensor(image, self.preprocess, landmarks=landmarks)
         margin = self.preprocess.load_size - self.preprocess.input_size
         if seed is None:
             flip = torch.rand(()).item() < self.flip_p
@@ -223,14 +247,27 @@ class ManifestDataset(Dataset):
             rng = np.random.default_rng(seed)
             flip = rng.random() < self.flip_p
             offset = tuple(rng.integers(0, margin + 1, 2).tolist()) if margin else (0, 0)
-        return to_tensor(image, self.preprocess, flip, offset)
+        return to_tensor(image, self.preprocess, flip, offset, landmarks)
 
     def __getitem__(self, key: int | tuple[int, int]):
         """`key` is a row, or (row, augmentation seed) as the training sampler yields to make flips reproducible."""
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image = self.transform(self.load_image(index), seed)
+        landmarks = self._landmarks[index] if self._landmarks is not None else None
+        image = self.transform(self.load_image(index), seed, landmarks)
         label = int(self._labels[index])
         if not self.return_meta:
             return image, label
         meta = {name: int(self._frames[index]) if name == "frame" else self._meta[name][index] for name in META_COLUMNS}
         return image, label, {"path": self.path(index), **meta, "index": index}
+
+
+def _landmarks(frame: pd.DataFrame, source: str) -> np.ndarray:
+    """The rows' landmarks as N x 10 float32; a manifest without them for every row cannot feed a face mask."""
+    values = frame[manifest.LANDMARKS] if manifest.LANDMARKS in frame.columns else pd.Series([None] * len(frame))
+    missing = int(values.isna().sum())
+    if missing:
+        raise manifest.ManifestError(
+            f"{source}: {missing} of {len(frame)} crops have no face landmarks, which the face-mask input needs; "
+            f"add them with `recce manifest landmarks {source}` or re-run `recce extract` with a face detector"
+        )
+    return np.stack([as_landmarks(v, f"{source} row {i}").reshape(10) for i, v in enumerate(values)])

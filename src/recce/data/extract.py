@@ -1,7 +1,9 @@
 """Face extraction: dataset index -> sampled frames -> detected, cropped faces on disk -> a manifest.
 
 Output folder layout (O):
-- `crops/<dataset>/<video>/<frame:06d>.<png|jpg>`: the face crops.
+- `crops/<dataset>/<video>/<frame:06d>.<png|jpg>`: the face crops; each manifest row also holds the face's five
+  landmarks in the crop (`landmarks`, with `landmarks_source`: the face detector's, or placed in the box when it
+  has none, as Haar), which Add-Net's face mask is drawn from.
 - `parts/<dataset>/<quoted video id>.parquet`: one per finished item, written last and atomically; its
   existence marks the item done, so an interrupted run resumes where it stopped. It holds the item's
   manifest rows (paths relative to O) and, in the Parquet metadata, the sampled frames without a face.
@@ -47,7 +49,8 @@ from tqdm import tqdm
 from recce.data import manifest
 from recce.data.faces import FaceDetector, build_detector, choose_face, crop_face
 from recce.data.faces.base import DETECTOR_NAMES
-from recce.data.faces.crop import EDGE_MODES
+from recce.data.faces.crop import EDGE_MODES, crop_landmarks
+from recce.data.faces.mask import face_landmarks
 from recce.data.indexers import MediaItem, index_dataset
 from recce.data.video import MAX_PIXELS, MediaError, last_line, media_length, read_media, sample_indices
 from recce.locks import OutputLock, die_with_parent
@@ -339,6 +342,7 @@ def _extract_item(
         for (index, frame), faces in zip(batch, found, strict=True):
             if detector is None:
                 crop, box, score = frame, (0.0, 0.0, float(frame.shape[1]), float(frame.shape[0])), 1.0
+                landmarks = {manifest.LANDMARKS: None, manifest.LANDMARKS_SOURCE: ""}
             else:
                 face = choose_face(faces, settings.choose, settings.min_score)
                 if face is None:
@@ -346,6 +350,9 @@ def _extract_item(
                     continue
                 crop = crop_face(frame, face.box, settings.scale, settings.size, settings.edge)
                 box, score = face.box, face.score
+                points, source = face_landmarks(face)
+                points = crop_landmarks(points, box, frame.shape[:2], settings.scale, settings.edge)
+                landmarks = {manifest.LANDMARKS: points.reshape(10), manifest.LANDMARKS_SOURCE: source}
             name = f"{index:06d}.{settings.image_format}"
             _write_crop(folder / name, crop, settings)
             rows.append(
@@ -364,6 +371,7 @@ def _extract_item(
                     "y2": box[3],
                     "score": score,
                     "detector": detector_name,
+                    **landmarks,
                 }
             )
     metadata = {"source": str(item.source), "detector": detector_name, "sampled": indices, "no_face": no_face}

@@ -29,6 +29,10 @@ COLUMNS: dict[str, str] = {
     "score": "float32",  # detector confidence (1.0 for already-cropped inputs)
     "detector": "string",  # retinaface-mobilenet0.25, retinaface-resnet50, haar, none, synthetic
 }
+# Optional columns: kept when present, absent from manifests made before them (every reader copes without).
+LANDMARKS = "landmarks"  # 10 floats: five (x, y) face points in the crop, normalised to [0, 1]; null when unknown
+LANDMARKS_SOURCE = "landmarks_source"  # detected (face detector), box (placed in its box), crop (no face found)
+OPTIONAL_COLUMNS = (LANDMARKS, LANDMARKS_SOURCE)
 
 
 ARROW_STRING = pd.StringDtype("pyarrow")  # "string" with pandas >= 3: one buffer, no Python object per row
@@ -58,12 +62,33 @@ def check_labels(frame: pd.DataFrame, source: str | os.PathLike) -> pd.Series:
 
 def to_frame(rows: Iterable[dict] | pd.DataFrame, source: str | os.PathLike = "manifest rows") -> pd.DataFrame:
     """Build a manifest frame with the canonical column order and dtypes."""
-    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows), columns=list(COLUMNS))
+    if isinstance(rows, pd.DataFrame):
+        frame = rows.copy()
+    else:
+        rows = list(rows)
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(COLUMNS))
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"{source}: manifest rows lack columns: {', '.join(missing)}")
     frame["label"] = check_labels(frame, source)
-    return frame[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
+    columns = list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in frame.columns]
+    return _optional(frame[columns].astype(COLUMNS).reset_index(drop=True))
+
+
+def _optional(frame: pd.DataFrame) -> pd.DataFrame:
+    """Optional columns in their canonical form: landmarks as 10 float32 or None, their source as a string."""
+    if LANDMARKS in frame.columns:
+        frame[LANDMARKS] = pd.Series([_points(v) for v in frame[LANDMARKS]], index=frame.index, dtype=object)
+    if LANDMARKS_SOURCE in frame.columns:
+        frame[LANDMARKS_SOURCE] = frame[LANDMARKS_SOURCE].astype(ARROW_STRING).fillna("")
+    return frame
+
+
+def _points(value) -> np.ndarray | None:
+    """A landmarks cell as 10 float32, or None (missing, or NaN where frames with and without were joined)."""
+    if value is None or (np.isscalar(value) and pd.isna(value)):
+        return None
+    return np.asarray(value, dtype=np.float32).reshape(10)
 
 
 def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -80,23 +105,28 @@ def read(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.Da
     """Read and validate a manifest; adds `abspath`, the crop's absolute path.
 
     `columns` reads only those (in canonical order; `abspath` only when listed), e.g. for a summary that needs
-    no paths; the file must still hold every manifest column.
+    no paths; the file must still hold every manifest column. Optional columns come when the file has them.
     """
     path = Path(path)
-    wanted = list(COLUMNS) + ["abspath"] if columns is None else list(columns)
-    frame = _read_columns(path, [c for c in COLUMNS if c in wanted or (c == "path" and "abspath" in wanted)])
+    wanted = [*COLUMNS, *OPTIONAL_COLUMNS, "abspath"] if columns is None else list(columns)
+    known = (*COLUMNS, *OPTIONAL_COLUMNS)
+    frame = _read_columns(path, [c for c in known if c in wanted or (c == "path" and "abspath" in wanted)])
     if "abspath" in wanted:
         frame["abspath"] = absolute_paths(frame["path"], path.resolve().parent)
-    return frame[[c for c in (*COLUMNS, "abspath") if c in wanted]]
+    frame = frame[[c for c in (*known, "abspath") if c in wanted and c in frame.columns]]
+    frame.attrs["path"] = str(path)  # so a reader of a selection can still name the file in its messages
+    return frame
 
 
 def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
-    """The manifest's `columns` with canonical dtypes, or a ManifestError naming the file and the problem."""
+    """The manifest's `columns` with canonical dtypes (optional ones only if the file has them), or a
+    ManifestError naming the file and the problem."""
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
         names = pq.read_schema(path).names
         missing = [c for c in COLUMNS if c not in names]
+        columns = [c for c in columns if c in COLUMNS or c in names]
         frame = None if missing else pd.read_parquet(path, columns=columns)
     except Exception as error:  # pyarrow raises several types for damaged files
         raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
@@ -104,7 +134,7 @@ def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
         raise ManifestError(f"{path}: not a recce manifest, missing columns {', '.join(missing)}")
     if "label" in columns:
         frame["label"] = check_labels(frame, path)
-    return frame[columns].astype({c: COLUMNS[c] for c in columns}).reset_index(drop=True)
+    return _optional(frame[columns].astype({c: COLUMNS[c] for c in columns if c in COLUMNS}).reset_index(drop=True))
 
 
 def absolute_paths(paths: pd.Series, root: str | os.PathLike) -> pd.Series:
@@ -155,7 +185,7 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> pd.Data
     out_root = out.resolve().parent
     frames = []
     for p in paths:
-        frame = _read_columns(Path(p), list(COLUMNS))
+        frame = _read_columns(Path(p), [*COLUMNS, *OPTIONAL_COLUMNS])
         frame["path"] = _rebased(frame["path"], Path(p).resolve().parent, out_root)
         frames.append(frame)
     if not frames:

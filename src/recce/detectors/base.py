@@ -32,13 +32,16 @@ class Preprocess:
     """How pixels must be prepared for a detector; recorded in checkpoints so every consumer feeds it correctly.
 
     Crops are resized to `resize` (or straight to `input_size` when None), centre-cropped to `input_size` (randomly
-    cropped in training), and normalised per channel: (x / 255 - mean) / std.
+    cropped in training), and normalised per channel: (x / 255 - mean) / std. With `face_mask` the tensor gets a
+    4th channel, the soft face mask in [0, 1] rendered from the crop's landmarks (`recce.data.faces.mask`), cropped
+    and flipped with the image, so every consumer keeps passing one tensor.
     """
 
     input_size: int = 299
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     resize: int | None = None
+    face_mask: bool = False  # append the landmark face mask as a 4th input channel (Add-Net)
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -63,17 +66,21 @@ class Preprocess:
         return dataclasses.replace(self, input_size=int(size), resize=resize)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields; `face_mask` only when set, so every other detector's record stays as it was."""
+        values = dataclasses.asdict(self)
+        if not self.face_mask:
+            del values["face_mask"]
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Preprocess:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def denormalise(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised B x 3 x H x W back to [0, 1]."""
+        """Normalised B x 3 x H x W (the RGB channels of a masked input) back to [0, 1]."""
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images.float() * std + mean).clamp(0, 1)
+        return (images[:, :3].float() * std + mean).clamp(0, 1)
 
 
 class DetectorOutput(NamedTuple):

@@ -30,17 +30,22 @@ def preprocess_of(model: nn.Module, size: int | None = None) -> Preprocess:
 
 
 class _CropArrays(Dataset):
-    """In-memory RGB crops through the dataset's eval transform (`to_tensor`, the same function)."""
+    """In-memory RGB crops through the dataset's eval transform (`to_tensor`, the same function); `landmarks`
+    (per crop, five normalised points) feed the face-mask channel of detectors that take one."""
 
-    def __init__(self, images: Sequence[np.ndarray], preprocess: Preprocess) -> None:
+    def __init__(self, images: Sequence[np.ndarray], preprocess: Preprocess, landmarks: Sequence | None = None) -> None:
+        if preprocess.face_mask and (landmarks is None or len(landmarks) != len(images)):
+            raise ValueError("this detector takes a face mask: give the five landmarks of every crop")
         self.images = images
         self.preprocess = preprocess
+        self.landmarks = landmarks
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(_checked_crop(self.images[index], index), self.preprocess)
+        landmarks = self.landmarks[index] if self.preprocess.face_mask else None
+        return to_tensor(_checked_crop(self.images[index], index), self.preprocess, landmarks=landmarks)
 
 
 def _checked_crop(image: np.ndarray, index: int) -> np.ndarray:
@@ -159,11 +164,15 @@ def score_images(
     amp: str = "auto",
     channels_last: bool | None = None,
     maps: bool = False,
+    landmarks: Sequence | None = None,
 ) -> tuple[np.ndarray, list[FaceMaps] | None]:
-    """P(fake) of RGB uint8 face crops (a list, or an N x H x W x 3 array); with `maps`, the detector's maps of each."""
+    """P(fake) of RGB uint8 face crops (a list, or an N x H x W x 3 array); with `maps`, the detector's maps of each.
+
+    `landmarks`: each crop's five (x, y) points normalised to the crop, for detectors whose input has a face mask.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    crops = _CropArrays(list(images), preprocess_of(model, size))
+    crops = _CropArrays(list(images), preprocess_of(model, size), landmarks)
     model, resolved, amp_mode, channels_last = _prepare(model, device, amp, channels_last)
     batches = (
         torch.stack([crops[i] for i in range(start, min(start + batch_size, len(crops)))])

@@ -102,6 +102,8 @@ def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset
                 return_meta=not train,
                 **filters,
             )
+        except manifest.ManifestError as error:  # e.g. no landmarks for a face-mask detector
+            raise ConfigError(str(error)) from None
         except ValueError as error:
             raise ConfigError(f"{d.manifest}: split {split!r} is empty ({error})") from None
         counts = np.bincount(dataset.labels, minlength=2)

@@ -63,3 +63,15 @@ def crop_face(
     shrinking = region.shape[0] > size or region.shape[1] > size
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(region, (size, size), interpolation=interpolation)
+
+
+def crop_landmarks(
+    points: np.ndarray, box: Sequence[float], frame_hw: tuple[int, int], scale: float = 1.3, edge: str = "clip"
+) -> np.ndarray:
+    """Frame-pixel (x, y) points as `crop_face` places them in its crop, normalised to [0, 1] of the crop's side."""
+    if edge not in EDGE_MODES:
+        raise ValueError(f"unknown crop edge mode {edge!r}; use 'clip' or 'pad'")
+    left, top, right, bottom = crop_box(box, frame_hw, scale) if edge == "clip" else _square(box, scale)
+    origin = np.array([left, top], dtype=np.float32)
+    extent = np.array([right - left, bottom - top], dtype=np.float32)
+    return (np.asarray(points, dtype=np.float32).reshape(-1, 2) - origin) / extent
