@@ -9,11 +9,12 @@ import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from media import write_tiny_manifest
+from media import face_photo, write_tiny_manifest
 
 from recce import checkpoints
 from recce.cli import main
@@ -162,6 +163,14 @@ def test_a_training_run_through_the_engine_resumes_exactly(name, tmp_path, tiny_
     assert best.name == name and best.preprocess.input_size == SIZE
     meta = checkpoints.read_metadata(straight.out / "best.safetensors")
     assert meta["provenance"]["trained_on"] == ["toy"] and meta["provenance"]["train_config"]["model"]["name"] == name
+
+    # the trained checkpoint scores media with `recce detect`, and draws a panel of its maps
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(face_photo("astronaut"), cv2.COLOR_RGB2BGR))
+    masks = tmp_path / "masks"
+    args = ["detect", str(photo), "--checkpoint", str(straight.out / "best.safetensors"), "--face-detector", "haar"]
+    assert main([*args, "--json", "--no-progress", "--save-masks", str(masks)]) == 0
+    assert len(list(masks.glob("*.png"))) >= 1
 
 
 def test_recce_models_lists_every_detector(capsys):
