@@ -240,3 +240,24 @@ def test_changed_settings_and_bad_shard_are_refused(dataset, reference, capsys):
     assert "scale: 1.3 before, 1.5 now" in capsys.readouterr().err
     assert extract(dataset[0], reference, "--shard", "4/3") == 2
     assert "shard '4/3'" in capsys.readouterr().err
+
+
+def test_changed_split_options_re_split_without_re_cropping(tmp_path, capsys):
+    """Issue: a rerun with --val-fraction 0.5 after 0.0 kept the old splits. The index decides the split."""
+    root = tmp_path / "crops"
+    frames, _ = moving_face_frames(1, size=(64, 64), face_width=30)
+    for label in ("real", "fake"):
+        for i in range(6):
+            write_frame_folder(root / label, frames, [f"{label}{i}.png"])
+    out = tmp_path / "out"
+    base = ["extract", "folder", "--root", str(root), "--out", str(out), "--face-detector", "none", "--no-progress"]
+    assert main(base) == 0
+    assert set(manifest.read(out / "manifest.parquet")["split"]) == {"test"}
+    crops = {p: p.stat().st_mtime_ns for p in (out / "crops").rglob("*.png")}
+    capsys.readouterr()
+    assert main([*base, "--val-fraction", "0.5", "--test-fraction", "0.2"]) == 0
+    printed = capsys.readouterr().out
+    assert "12 already done" in printed and "moved to another split" in printed
+    splits = manifest.read(out / "manifest.parquet")["split"]
+    assert {"train", "val"} <= set(splits) and len(splits) == 12
+    assert {p: p.stat().st_mtime_ns for p in (out / "crops").rglob("*.png")} == crops  # nothing re-cropped

@@ -147,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
     if whole_sequences:
         print(f"  every frame of each {args.dataset} sequence, as the official loader (--frames N to sample N)")
     print(f"  manifest: {collected.manifest}: {collected.rows} crops; {collected.no_face} faceless frames")
+    if collected.resplit:
+        print(
+            f"  {collected.resplit} finished item(s) moved to another split (the split options changed; not re-cropped)"
+        )
     if summary.failures:
         failures = collected.manifest.parent / output_names(shard_range)["failures"]
         print(f"  failures: {len(summary.failures)} inputs listed with the reason in {failures}")

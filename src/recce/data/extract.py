@@ -125,6 +125,7 @@ class Collected:
     rows: int
     detectors: list[str]
     no_face: int
+    resplit: int = 0  # finished items whose split the index now gives differently (split options changed)
 
 
 @dataclass
@@ -408,23 +409,31 @@ def _process(
 
 
 def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None) -> Collected:
-    """Combine the parts of the finished items into the manifest and the no-face list."""
+    """Combine the parts of the finished items into the manifest and the no-face list.
+
+    The split comes from the current index, not from the part: rerunning with other split options (e.g.
+    `--val-fraction`) re-splits the finished items without re-cropping them.
+    """
     names = output_names(shard)
-    frames, no_face_rows, detectors = [], [], set()
+    frames, no_face_rows, detectors, resplit = [], [], set(), 0
     for item in items:
         path = part_path(out, item)
         if not path.is_file():
             continue
         table = pq.read_table(path)
         metadata = json.loads(table.schema.metadata[PART_METADATA_KEY])
-        frames.append(table.to_pandas())
+        frame = table.to_pandas()
+        resplit += bool(len(frame)) and bool((frame["split"] != item.split).any())
+        frames.append(frame.assign(split=item.split))
         detectors.add(metadata["detector"])
         no_face_rows.extend((item.dataset, item.split, item.video, i, item.source) for i in metadata["no_face"])
     combined = manifest.to_frame(pd.concat(frames, ignore_index=True) if frames else [])
     combined = combined.sort_values(["dataset", "split", "video", "frame"], kind="stable")
     path = manifest.write(combined, out / names["manifest"])
     _write_csv(out / names["no_face"], ("dataset", "split", "video", "frame", "source"), no_face_rows)
-    return Collected(manifest=path, rows=len(combined), detectors=sorted(detectors), no_face=len(no_face_rows))
+    return Collected(
+        manifest=path, rows=len(combined), detectors=sorted(detectors), no_face=len(no_face_rows), resplit=resplit
+    )
 
 
 def output_lock(out: Path, shard: tuple[int, int] | None) -> list[OutputLock]:
