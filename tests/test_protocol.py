@@ -146,7 +146,7 @@ def test_detect_scores_ready_made_face_crops(tmp_path: Path, capsys: pytest.Capt
     cv2.imwrite(str(tmp_path / "crop.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
     argv = ["detect", str(tmp_path / "crop.png"), "--checkpoint", str(checkpoint), "--face-detector", "none"]
     assert main([*argv, "--json", "--no-progress", "--device", "cpu"]) == 0
-    (result,) = json.loads(capsys.readouterr().out)
+    (result,) = json.loads(capsys.readouterr().out)["files"]
     (face,) = result["faces"]
     assert face["box"] == [0.0, 0.0, 70.0, 90.0]
     expected, _ = score_images(checkpoints.load(checkpoint), [crop], device="cpu", amp="none")
