@@ -130,3 +130,19 @@ def test_a_synthetic_checkpoint_gets_a_warning(media, tmp_path, capsys):
     )
     assert main(["detect", str(root / "astronaut.png"), "--checkpoint", str(path), "--face-detector", "haar"]) == 0
     assert "trained on the synthetic benchmark" in capsys.readouterr().err
+
+
+def test_overlapped_reading_gives_the_scores_of_the_sequential_path(checkpoint, media):
+    """Decoding and face finding of the next files in a background thread changes no score, order or error."""
+    root, _ = media
+    scorer = MediaScorer(checkpoints.load(checkpoint), build_detector("haar"), DetectSettings(frames=4, batch_size=3))
+    files = [
+        root / name for name in ("face.mp4", "notes.mp4", "astronaut.png", "truncated.mp4", "wall.png", "gone.mp4")
+    ]
+    sequential = [r.to_dict(0.5) for r in scorer.score_files(files, progress=False, prefetch=0)]
+    one_by_one = [scorer.score_file(path)[0].to_dict(0.5) for path in files]
+    overlapped = [r.to_dict(0.5) for r in scorer.score_files(files, progress=False, prefetch=2)]
+    assert overlapped == sequential == one_by_one  # exact: each file's computation is the same
+    assert [r["path"] for r in overlapped] == [str(path) for path in files]
+    assert overlapped[1]["error"] and overlapped[5]["error"]  # the text file and the missing one
+    assert len(overlapped[0]["faces"]) == 4 and len(overlapped[2]["faces"]) >= 1
