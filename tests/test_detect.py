@@ -7,12 +7,13 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from media import background, face_photo, write_face_video, write_text_as_video, write_truncated_copy
 
 from recce import checkpoints
 from recce.cli import main
 from recce.data.faces import build_detector
-from recce.detect import DetectSettings, MediaScorer
+from recce.detect import RUNTIMES, DetectSettings, MediaScorer
 from recce.detectors import Preprocess
 from recce.detectors.recce import Recce
 
@@ -146,3 +147,27 @@ def test_overlapped_reading_gives_the_scores_of_the_sequential_path(checkpoint, 
     assert [r["path"] for r in overlapped] == [str(path) for path in files]
     assert overlapped[1]["error"] and overlapped[5]["error"]  # the text file and the missing one
     assert len(overlapped[0]["faces"]) == 4 and len(overlapped[2]["faces"]) >= 1
+
+
+def test_torchscript_runtime_gives_the_scores_of_eager_torch(media):
+    """The frozen graph (batch norm folded, oneDNN layouts) against eager RECCE at the paper's 299 px input, on
+    the same file and weights (perturbed so that scores spread): equal within 1e-6 (float reordering)."""
+    root, _ = media
+    torch.manual_seed(0)
+    model = Recce(preprocess=Preprocess(299)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    faces = build_detector("haar")
+    results = {
+        runtime: MediaScorer(model, faces, DetectSettings(frames=3, device="cpu", runtime=runtime)).score_file(
+            root / "face.mp4"
+        )[0]
+        for runtime in RUNTIMES
+    }
+    eager, frozen = results["torch"], results["torchscript"]
+    assert len(eager.faces) == 3 and [f.box for f in frozen.faces] == [f.box for f in eager.faces]
+    eager_scores = np.array([f.score for f in eager.faces])
+    assert eager_scores.std() > 1e-4  # the scores differ per face, so equality means something
+    np.testing.assert_allclose([f.score for f in frozen.faces], eager_scores, rtol=0, atol=1e-6)
+    assert frozen.score == pytest.approx(eager.score, abs=1e-6)
