@@ -3,12 +3,14 @@
 Builds a 720p H.264 clip of a moving real face (with `tests/media.py`, the test media code) and copies it to
 `--files` files, then measures in one process, with the Haar face detector and an untrained RECCE at `--size`
 (its speed is the trained one's):
-1. one file by stage: decoding the `--frames` sampled frames, face detection, the forgery detector;
-2. `MediaScorer.score_files` over all files with `prefetch=0` (each file read, then scored: today's path) and
-   with `prefetch=1` (the next file decoded and its faces found in a background thread while the detector
-   scores the current one), checking that both give the same records.
+1. one file by stage: decoding the `--frames` sampled frames, face detection, the forgery detector (eager torch
+   and the frozen TorchScript graph of `--runtime torchscript`);
+2. `MediaScorer.score_files` over all files: today's path (eager torch, `prefetch=0`: each file read, then
+   scored), eager with `prefetch=1` (the next file decoded and its faces found in a background thread while the
+   detector scores the current one), and torchscript with `prefetch=1`; the records are compared with today's
+   (boxes, errors exactly; scores to 1e-6).
 
-Run: python benchmarks/detect_speed.py [--files 3 --seconds 10 --size 299 --frames 32]
+Run: python benchmarks/detect_speed.py [--files 2 --seconds 10 --size 299 --frames 32]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -43,7 +46,7 @@ def timed(function, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=3)
+    parser.add_argument("--files", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10, help="clip length at 25 fps")
     parser.add_argument("--size", type=int, default=299, help="the detector's input side")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled per video")
@@ -62,33 +65,51 @@ def main() -> None:
 
         settings = DetectSettings(frames=args.frames, batch_size=args.batch_size, device="cpu")
         model = Recce(preprocess=Preprocess(args.size)).eval()
-        scorer = MediaScorer(model, build_detector("haar"), settings)
-        score_images(model, [frames_crop(scorer, clip)[0]], device="cpu")  # warm-up: first-call allocations
+        faces = build_detector("haar")
+        scorer = MediaScorer(model, faces, settings)
+        (fast, compile_s) = timed(MediaScorer, model, faces, replace(settings, runtime="torchscript"))
+        print(f"torchscript graph built in {compile_s:.1f} s (once per run)")
+        for graph in (None, fast.graph):  # warm-up: first-call allocations
+            score_images(model, frames_crop(scorer, clip), device="cpu", graph=graph)
 
         decoded, decode_s = timed(lambda: list(_frames(clip, "video", args.frames, settings.max_pixels)))
-        found, face_s = timed(scorer.faces.detect, [frame for _, frame in decoded])
+        found, face_s = timed(faces.detect, [frame for _, frame in decoded])
         crops = [
             crop_face(frame, face.box, settings.scale, scorer.size)
-            for (_, frame), faces in zip(decoded, found, strict=True)
-            for face in faces
+            for (_, frame), boxes in zip(decoded, found, strict=True)
+            for face in boxes
         ]
         _, model_s = timed(score_images, model, crops, batch_size=args.batch_size, device="cpu")
+        _, graph_s = timed(score_images, model, crops, batch_size=args.batch_size, device="cpu", graph=fast.graph)
         total = decode_s + face_s + model_s
         print(
             f"one file, {len(crops)} faces: decode {decode_s:.1f} s ({decode_s / total:.0%}), face detection "
-            f"{face_s:.1f} s ({face_s / total:.0%}), forgery detector {model_s:.1f} s ({model_s / total:.0%})"
+            f"{face_s:.1f} s ({face_s / total:.0%}), forgery detector {model_s:.1f} s ({model_s / total:.0%}); "
+            f"torchscript detector {graph_s:.1f} s ({model_s / graph_s:.2f}x)"
         )
 
-        sequential, sequential_s = timed(scorer.score_files, files, progress=False, prefetch=0)
-        overlapped, overlapped_s = timed(scorer.score_files, files, progress=False, prefetch=1)
-        same = [r.to_dict(0.5) for r in sequential] == [r.to_dict(0.5) for r in overlapped]
-        print(f"{'path':<34} {'seconds':>8} {'per file':>9}")
-        for name, seconds in (
-            ("sequential (prefetch=0, before)", sequential_s),
-            ("overlapped (prefetch=1)", overlapped_s),
-        ):
-            print(f"{name:<34} {seconds:>8.1f} {seconds / args.files:>9.1f}")
-        print(f"speed-up {sequential_s / overlapped_s:.2f}x; same records (scores, boxes, errors): {same}")
+        runs = [
+            ("torch, sequential (today)", scorer, 0),
+            ("torch, prefetch=1", scorer, 1),
+            ("torchscript, prefetch=1", fast, 1),
+        ]
+        print(f"{'path':<28} {'seconds':>8} {'per file':>9} {'speed-up':>9} {'max |score diff|':>17} same boxes")
+        baseline_s, baseline = None, None
+        for name, runner, prefetch in runs:
+            results, seconds = timed(runner.score_files, files, progress=False, prefetch=prefetch)
+            baseline_s, baseline = baseline_s or seconds, baseline or results
+            diff = max(
+                abs(a.score - b.score)
+                for r, b_r in zip(results, baseline, strict=True)
+                for a, b in zip(r.faces, b_r.faces, strict=True)
+            )
+            same = [[(f.frame, f.box) for f in r.faces] + [r.error] for r in results] == [
+                [(f.frame, f.box) for f in r.faces] + [r.error] for r in baseline
+            ]
+            print(
+                f"{name:<28} {seconds:>8.1f} {seconds / args.files:>9.1f} {baseline_s / seconds:>8.2f}x "
+                f"{diff:>17.1e} {same}"
+            )
 
 
 def frames_crop(scorer: MediaScorer, clip: Path) -> list:

@@ -80,7 +80,7 @@ def frozen_graph(model: nn.Module) -> torch.jit.ScriptModule:
     example = torch.zeros(2, detector.input_channels, size, size)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced at the fixed input size
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice: torch.compile is slower here
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
         traced = torch.jit.trace(ExportWrapper(detector, []).eval(), example, check_trace=False)
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
