@@ -171,3 +171,15 @@ def test_torchscript_runtime_gives_the_scores_of_eager_torch(media):
     assert eager_scores.std() > 1e-4  # the scores differ per face, so equality means something
     np.testing.assert_allclose([f.score for f in frozen.faces], eager_scores, rtol=0, atol=1e-6)
     assert frozen.score == pytest.approx(eager.score, abs=1e-6)
+
+
+def test_cli_runtime_torchscript_prints_the_default_runtime_scores(checkpoint, media, capsys):
+    root, _ = media
+    files = {}
+    for runtime in RUNTIMES:
+        argv = ["detect", str(root / "face.mp4"), "--checkpoint", str(checkpoint), "--face-detector", "haar"]
+        assert main([*argv, "--frames", "3", "--device", "cpu", "--runtime", runtime, "--json", "--no-progress"]) == 0
+        files[runtime] = json.loads(capsys.readouterr().out)["files"][0]
+    eager, frozen = files["torch"], files["torchscript"]
+    assert len(frozen["faces"]) == len(eager["faces"]) == 3
+    assert frozen["score"] == pytest.approx(eager["score"], abs=1e-6)

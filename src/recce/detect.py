@@ -28,6 +28,7 @@ from recce.data.faces.mask import face_landmarks
 from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, walk_files
 from recce.data.video import MAX_PIXELS, MediaError, last_line, probe, read_frames, read_image, sample_indices
 from recce.engine.inference import frozen_graph, preprocess_of, score_images
+from recce.engine.runtime import resolve_device
 
 CSV_META = ("detector", "checkpoint", "threshold", "recce_version", "created")
 RUNTIMES = ("torch", "torchscript")
@@ -147,7 +148,8 @@ class MediaScorer:
         self.faces = faces
         self.settings = settings
         self.size = preprocess_of(model).load_size
-        self.graph = frozen_graph(model) if settings.runtime == "torchscript" else None
+        on_cpu = resolve_device(settings.device).type == "cpu"
+        self.graph = frozen_graph(model) if settings.runtime == "torchscript" and on_cpu else None
 
     def score_file(self, path: str | os.PathLike, keep_crops: bool = False) -> tuple[FileResult, list]:
         """Score one file; with `keep_crops`, also return (crop, maps) per face for mask panels."""
