@@ -7,12 +7,13 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from media import background, face_photo, write_face_video, write_text_as_video, write_truncated_copy
 
 from recce import checkpoints
 from recce.cli import main
 from recce.data.faces import build_detector
-from recce.detect import DetectSettings, MediaScorer
+from recce.detect import RUNTIMES, DetectSettings, MediaScorer
 from recce.detectors import Preprocess
 from recce.detectors.recce import Recce
 
@@ -130,3 +131,55 @@ def test_a_synthetic_checkpoint_gets_a_warning(media, tmp_path, capsys):
     )
     assert main(["detect", str(root / "astronaut.png"), "--checkpoint", str(path), "--face-detector", "haar"]) == 0
     assert "trained on the synthetic benchmark" in capsys.readouterr().err
+
+
+def test_overlapped_reading_gives_the_scores_of_the_sequential_path(checkpoint, media):
+    """Decoding and face finding of the next files in a background thread changes no score, order or error."""
+    root, _ = media
+    scorer = MediaScorer(checkpoints.load(checkpoint), build_detector("haar"), DetectSettings(frames=4, batch_size=3))
+    files = [
+        root / name for name in ("face.mp4", "notes.mp4", "astronaut.png", "truncated.mp4", "wall.png", "gone.mp4")
+    ]
+    sequential = [r.to_dict(0.5) for r in scorer.score_files(files, progress=False, prefetch=0)]
+    one_by_one = [scorer.score_file(path)[0].to_dict(0.5) for path in files]
+    overlapped = [r.to_dict(0.5) for r in scorer.score_files(files, progress=False, prefetch=2)]
+    assert overlapped == sequential == one_by_one  # exact: each file's computation is the same
+    assert [r["path"] for r in overlapped] == [str(path) for path in files]
+    assert overlapped[1]["error"] and overlapped[5]["error"]  # the text file and the missing one
+    assert len(overlapped[0]["faces"]) == 4 and len(overlapped[2]["faces"]) >= 1
+
+
+def test_torchscript_runtime_gives_the_scores_of_eager_torch(media):
+    """The frozen graph (batch norm folded, oneDNN layouts) against eager RECCE at the paper's 299 px input, on
+    the same file and weights (perturbed so that scores spread): equal within 1e-6 (float reordering)."""
+    root, _ = media
+    torch.manual_seed(0)
+    model = Recce(preprocess=Preprocess(299)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    faces = build_detector("haar")
+    results = {
+        runtime: MediaScorer(model, faces, DetectSettings(frames=3, device="cpu", runtime=runtime)).score_file(
+            root / "face.mp4"
+        )[0]
+        for runtime in RUNTIMES
+    }
+    eager, frozen = results["torch"], results["torchscript"]
+    assert len(eager.faces) == 3 and [f.box for f in frozen.faces] == [f.box for f in eager.faces]
+    eager_scores = np.array([f.score for f in eager.faces])
+    assert eager_scores.std() > 1e-4  # the scores differ per face, so equality means something
+    np.testing.assert_allclose([f.score for f in frozen.faces], eager_scores, rtol=0, atol=1e-6)
+    assert frozen.score == pytest.approx(eager.score, abs=1e-6)
+
+
+def test_cli_runtime_torchscript_prints_the_default_runtime_scores(checkpoint, media, capsys):
+    root, _ = media
+    files = {}
+    for runtime in RUNTIMES:
+        argv = ["detect", str(root / "face.mp4"), "--checkpoint", str(checkpoint), "--face-detector", "haar"]
+        assert main([*argv, "--frames", "3", "--device", "cpu", "--runtime", runtime, "--json", "--no-progress"]) == 0
+        files[runtime] = json.loads(capsys.readouterr().out)["files"][0]
+    eager, frozen = files["torch"], files["torchscript"]
+    assert len(frozen["faces"]) == len(eager["faces"]) == 3
+    assert frozen["score"] == pytest.approx(eager["score"], abs=1e-6)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -24,9 +27,11 @@ from recce.data.faces.crop import crop_landmarks
 from recce.data.faces.mask import face_landmarks
 from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, walk_files
 from recce.data.video import MAX_PIXELS, MediaError, last_line, probe, read_frames, read_image, sample_indices
-from recce.engine.inference import preprocess_of, score_images
+from recce.engine.inference import frozen_graph, preprocess_of, score_images
+from recce.engine.runtime import resolve_device
 
 CSV_META = ("detector", "checkpoint", "threshold", "recce_version", "created")
+RUNTIMES = ("torch", "torchscript")
 AGGREGATIONS = {"mean": np.mean, "median": np.median, "max": np.max}
 
 
@@ -81,11 +86,14 @@ class DetectSettings:
     device: str = "auto"
     amp: str = "auto"
     max_pixels: int = MAX_PIXELS  # larger images and frames are refused before decoding
+    runtime: str = "torch"  # torch (eager) or torchscript: a frozen graph of P(fake), faster on the CPU
 
     def __post_init__(self):
         for name in ("frames", "batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {self.aggregate!r}")
 
@@ -140,69 +148,101 @@ class MediaScorer:
         self.faces = faces
         self.settings = settings
         self.size = preprocess_of(model).load_size
+        on_cpu = resolve_device(settings.device).type == "cpu"
+        self.graph = frozen_graph(model) if settings.runtime == "torchscript" and on_cpu else None
 
     def score_file(self, path: str | os.PathLike, keep_crops: bool = False) -> tuple[FileResult, list]:
         """Score one file; with `keep_crops`, also return (crop, maps) per face for mask panels."""
-        path = Path(path)
+        return self._score_faces(self._find_faces(Path(path)), keep_crops)
+
+    def _find_faces(self, path: Path) -> _FileFaces:
+        """Decode the sampled frames and crop their faces: everything before the forgery detector."""
         result = FileResult(str(path), media_kind(path))
+        faces = _FileFaces(result)
         try:
             frames = _until_error(_frames(path, result.kind, self.settings.frames, self.settings.max_pixels), result)
-            found: list[tuple[int, object]] = []
-            crops: list[np.ndarray] = []
-            landmarks: list[np.ndarray] = []  # per crop, normalised: for detectors with a face-mask input
             for batch in _batched(frames, self.settings.batch_size):
                 detections = self.faces.detect([frame for _, frame in batch])
-                for (index, frame), faces in zip(batch, detections, strict=True):
+                for (index, frame), found in zip(batch, detections, strict=True):
                     result.frames += 1
                     if not self.settings.all_faces:
-                        best = choose_face(faces)
-                        faces = [best] if best is not None else []
-                    result.frames_with_face += bool(faces)
-                    for face in faces:
-                        found.append((index, face))
-                        crops.append(crop_face(frame, face.box, self.settings.scale, self.size))
+                        best = choose_face(found)
+                        found = [best] if best is not None else []
+                    result.frames_with_face += bool(found)
+                    for face in found:
+                        faces.found.append((index, face))
+                        faces.crops.append(crop_face(frame, face.box, self.settings.scale, self.size))
                         points = face_landmarks(face)[0]
-                        landmarks.append(crop_landmarks(points, face.box, frame.shape[:2], self.settings.scale))
+                        faces.landmarks.append(crop_landmarks(points, face.box, frame.shape[:2], self.settings.scale))
         except MediaError as error:
             result.error = str(error)
-            return result, []
         except Exception as error:  # any library's failure on a hostile file is that file's, never the run's
             result.error = f"{path}: {error.__class__.__name__} while reading ({last_line(error)})"
-            return result, []
-        if result.frames == 0:
+        if result.error is None and result.frames == 0:
             result.error, result.warning = result.warning or f"{path}: no frame could be decoded", None
-            return result, []
-        if not crops:
+        return faces
+
+    def _score_faces(self, faces: _FileFaces, keep_crops: bool) -> tuple[FileResult, list]:
+        result = faces.result
+        if result.error or not faces.crops:
             return result, []
         scores, maps = score_images(
             self.model,
-            crops,
+            faces.crops,
             batch_size=self.settings.batch_size,
             device=self.settings.device,
             amp=self.settings.amp,
             maps=keep_crops,
-            landmarks=landmarks,
+            landmarks=faces.landmarks,
+            graph=self.graph,
         )
         result.faces = [
             FaceResult(index, tuple(float(v) for v in face.box), float(face.score), float(score))
-            for (index, face), score in zip(found, scores, strict=True)
+            for (index, face), score in zip(faces.found, scores, strict=True)
         ]
         per_frame = list(result.frame_scores().values())
         result.score = float(AGGREGATIONS[self.settings.aggregate](per_frame))
-        return result, list(zip(crops, maps, strict=True)) if keep_crops else []
+        return result, list(zip(faces.crops, maps, strict=True)) if keep_crops else []
 
     def score_files(
-        self, files: Iterable[str | os.PathLike], masks_dir: str | os.PathLike | None = None, progress: bool = True
+        self,
+        files: Iterable[str | os.PathLike],
+        masks_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        prefetch: int = 1,
     ) -> list[FileResult]:
-        """Score each file (see `media_files` for folders); a file that fails is a result with its error."""
-        files = list(files)
+        """Score each file (see `media_files` for folders); a file that fails is a result with its error.
+
+        With `prefetch` > 0, a background thread decodes and finds the faces of up to that many next files while
+        the forgery detector scores the current one (the two overlap on a multi-core CPU); each file's
+        computation, and so its scores, stay the same. 0 does everything in turn.
+        """
+        files = [Path(path) for path in files]
         results = []
-        for path in tqdm(files, desc="detect", unit="file", disable=not progress):
-            result, crops = self.score_file(path, keep_crops=masks_dir is not None)
-            if masks_dir is not None and crops:
-                _save_masks(Path(masks_dir), len(results), result, crops)
-            results.append(result)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recce-faces") if prefetch else nullcontext() as pool:
+            pending: deque = deque()
+            for path in tqdm(files, desc="detect", unit="file", disable=not progress):
+                if pool is None:
+                    faces = self._find_faces(path)
+                else:
+                    while len(pending) <= prefetch and len(results) + len(pending) < len(files):
+                        pending.append(pool.submit(self._find_faces, files[len(results) + len(pending)]))
+                    faces = pending.popleft().result()
+                result, crops = self._score_faces(faces, keep_crops=masks_dir is not None)
+                if masks_dir is not None and crops:
+                    _save_masks(Path(masks_dir), len(results), result, crops)
+                results.append(result)
         return results
+
+
+@dataclass
+class _FileFaces:
+    """A file's faces, found and cropped, waiting for the forgery detector."""
+
+    result: FileResult
+    found: list[tuple[int, object]] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    landmarks: list[np.ndarray] = field(default_factory=list)  # per crop, normalised: for face-mask detectors
 
 
 def run_metadata(checkpoint: str | os.PathLike, model: nn.Module, face_detector: str, threshold: float) -> dict:

