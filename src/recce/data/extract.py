@@ -40,13 +40,14 @@ from urllib.parse import quote
 
 import cv2
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from recce.data import manifest
+from recce.data.extract_record import BATCH as RECORD_BATCH
+from recce.data.extract_record import ExtractRecord
 from recce.data.faces import FaceDetector, build_detector, choose_face, crop_face
 from recce.data.faces.base import DETECTOR_NAMES
 from recce.data.faces.crop import EDGE_MODES, crop_landmarks
@@ -407,24 +408,56 @@ def _process(
         yield from pool.imap_unordered(_run_item, todo, chunksize=1)
 
 
-def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None) -> Collected:
-    """Combine the parts of the finished items into the manifest and the no-face list."""
+def record_key(out: Path, item: MediaItem) -> str:
+    """The item's name in the extraction record: its dataset and part file name."""
+    return f"{item.dataset}/{part_path(out, item).name}"
+
+
+def absorb(record: ExtractRecord, out: Path, items: Iterable[MediaItem]) -> None:
+    """Record finished items from their part files, a batch (one rows file, one transaction) at a time."""
+    items = iter(items)
+    while batch := list(islice(items, RECORD_BATCH)):
+        parts = []
+        for item in batch:
+            table = pq.read_table(part_path(out, item))
+            metadata = json.loads(table.schema.metadata[PART_METADATA_KEY])
+            parts.append(
+                (record_key(out, item), table.replace_schema_metadata(None), metadata["detector"], metadata["no_face"])
+            )
+        record.absorb(parts)
+
+
+def _file_state(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None, record: ExtractRecord) -> Collected:
+    """Combine the recorded items of the shard into the manifest and the no-face list; when the recorded items
+    are the ones the present outputs were written from, keep those outputs (a rerun with nothing to do)."""
     names = output_names(shard)
-    frames, no_face_rows, detectors = [], [], set()
-    for item in items:
-        path = part_path(out, item)
-        if not path.is_file():
-            continue
-        table = pq.read_table(path)
-        metadata = json.loads(table.schema.metadata[PART_METADATA_KEY])
-        frames.append(table.to_pandas())
-        detectors.add(metadata["detector"])
-        no_face_rows.extend((item.dataset, item.split, item.video, i, item.source) for i in metadata["no_face"])
-    combined = manifest.to_frame(pd.concat(frames, ignore_index=True) if frames else [])
+    paths = [out / names["manifest"], out / names["no_face"]]
+    finished = record.finished()
+    keyed = [(item, key) for item in items if (key := record_key(out, item)) in finished]
+    digest = hashlib.sha256("\n".join(f"{key}:{finished[key].order}" for _, key in keyed).encode("utf-8"))
+    saved = record.output_state(names["manifest"])
+    if saved is not None and saved["items"] == digest.hexdigest() and saved["files"] == [_file_state(p) for p in paths]:
+        return Collected(manifest=paths[0], rows=saved["rows"], detectors=saved["detectors"], no_face=saved["no_face"])
+    wanted = {key: finished[key] for _, key in keyed}
+    combined = manifest.to_frame(record.rows(wanted).to_pandas() if wanted else [])
     combined = combined.sort_values(["dataset", "split", "video", "frame"], kind="stable")
-    path = manifest.write(combined, out / names["manifest"])
-    _write_csv(out / names["no_face"], ("dataset", "split", "video", "frame", "source"), no_face_rows)
-    return Collected(manifest=path, rows=len(combined), detectors=sorted(detectors), no_face=len(no_face_rows))
+    manifest.write(combined, paths[0])
+    no_face_rows = [
+        (item.dataset, item.split, item.video, i, item.source) for item, key in keyed for i in finished[key].no_face
+    ]
+    _write_csv(paths[1], ("dataset", "split", "video", "frame", "source"), no_face_rows)
+    detectors = sorted({finished[key].detector for _, key in keyed})
+    state = {"items": digest.hexdigest(), "files": [_file_state(p) for p in paths], "rows": len(combined)}
+    record.set_output_state(names["manifest"], {**state, "detectors": detectors, "no_face": len(no_face_rows)})
+    return Collected(manifest=paths[0], rows=len(combined), detectors=detectors, no_face=len(no_face_rows))
 
 
 def output_lock(out: Path, shard: tuple[int, int] | None) -> list[OutputLock]:
@@ -465,9 +498,17 @@ def extract(
             held.enter_context(lock)
         _check_settings(out, dataset, settings)
         _remove_stale_outputs(out, shard)
+        record = held.enter_context(
+            ExtractRecord(out / PARTS_DIR, output_names(shard)["manifest"].removesuffix(".parquet"))
+        )
         result = index_dataset(dataset, Path(root), **(index_options or {}))
         items = shard_items(result.items, shard)
-        todo = [item for item in items if not part_path(out, item).is_file()]
+        recorded = record.finished().keys()
+        unrecorded = [item for item in items if record_key(out, item) not in recorded]
+        absorb(record, out, (item for item in unrecorded if part_path(out, item).is_file()))  # older runs' parts
+        todo = [item for item in unrecorded if not part_path(out, item).is_file()]
+        by_source = {str(item.source): item for item in todo}
+        finished: list[MediaItem] = []
         run = ExtractSummary(dataset=dataset, items=len(items), already_done=len(items) - len(todo))
         run.index_skipped = len(result.skipped)
         run.failures = list(result.skipped)
@@ -485,6 +526,10 @@ def extract(
                     run.done += 1
                     run.frames += outcome.frames
                     run.faces += outcome.faces
+                    finished.append(by_source[outcome.source])
+                    if len(finished) == RECORD_BATCH:
+                        absorb(record, out, finished)
+                        finished.clear()
                 bar.update()
                 bar.set_postfix(faces=run.faces, failed=run.failed, refresh=False)
         except KeyboardInterrupt:
@@ -492,6 +537,8 @@ def extract(
         finally:
             outcomes.close()  # stops the pool now, also when the interrupt arrived outside the generator
             bar.close()
-            run.collected = collect(out, items, shard)
+            recorded = record.finished().keys()  # and parts finished as the run stopped
+            absorb(record, out, (i for i in todo if record_key(out, i) not in recorded and part_path(out, i).is_file()))
+            run.collected = collect(out, items, shard, record)
             _write_csv(out / output_names(shard)["failures"], ("path", "reason"), run.failures)
         return run
