@@ -525,6 +525,12 @@ def main() -> int:
                     result["check"] = f"{result['todo']} redone" + (
                         f", {result['manifest_rows']:,} manifest rows" if "manifest_rows" in result else ""
                     )
+                    if impl == "ours" and not args.no_baseline:
+                        out = folder / f"resume-{n_videos}" / "out"
+                        same = pd.read_parquet(out / "manifest.parquet").equals(
+                            pd.read_parquet(out / "manifest-baseline.parquet")
+                        )
+                        result["check"] += ", same manifest as baseline" if same else ", manifest DIFFERS from baseline"
                     rows.append({"step": "resume", "impl": impl, "rows": n_videos, **result})
                     print(f"resume    {impl:16s} {n_videos:>9,} videos {result['seconds']:8.2f} s", flush=True)
         print()
