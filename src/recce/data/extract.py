@@ -7,6 +7,10 @@ Output folder layout (O):
 - `parts/<dataset>/<quoted video id>.parquet`: one per finished item, written last and atomically; its
   existence marks the item done, so an interrupted run resumes where it stopped. It holds the item's
   manifest rows (paths relative to O) and, in the Parquet metadata, the sampled frames without a face.
+- `parts/record.sqlite` and `parts/rows/`: the record of finished items and their manifest rows, absorbed from
+  the parts in batches (see recce.data.extract_record); a rerun reads the record, not the parts, and keeps the
+  manifest when no item was recorded since it was written. Once recorded, an item stays done even if its part
+  file is deleted; parts not yet recorded (a kill, or a folder written before the record) are recorded on resume.
 - `parts/<dataset>/settings.json`: the settings that shaped the crops; resuming with others is refused.
 - `manifest.parquet`, `failures.csv` (path, reason) and `no_face.csv` (frames where no face was kept);
   a shard K of N writes `manifest-shard-K-of-N.parquet`, `failures-shard-K-of-N.csv` and so on.
