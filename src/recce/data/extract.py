@@ -511,8 +511,8 @@ def extract(
         unrecorded = [item for item in items if record_key(out, item) not in recorded]
         absorb(record, out, (item for item in unrecorded if part_path(out, item).is_file()))  # older runs' parts
         todo = [item for item in unrecorded if not part_path(out, item).is_file()]
-        by_source = {str(item.source): item for item in todo}
-        finished: list[MediaItem] = []
+        unreported = {str(item.source): item for item in todo}  # no outcome yet
+        finished: list[MediaItem] = []  # not recorded yet
         run = ExtractSummary(dataset=dataset, items=len(items), already_done=len(items) - len(todo))
         run.index_skipped = len(result.skipped)
         run.failures = list(result.skipped)
@@ -524,13 +524,14 @@ def extract(
             for outcome in outcomes:
                 if outcome.failed:
                     run.failed += 1
+                    unreported.pop(outcome.source, None)
                     run.failures.append((outcome.source, outcome.failed.removeprefix(f"{outcome.source}: ")))
                     logger.warning("%s", outcome.failed)
                 else:
                     run.done += 1
                     run.frames += outcome.frames
                     run.faces += outcome.faces
-                    finished.append(by_source[outcome.source])
+                    finished.append(unreported.pop(outcome.source))
                     if len(finished) == RECORD_BATCH:
                         absorb(record, out, finished)
                         finished.clear()
@@ -541,8 +542,8 @@ def extract(
         finally:
             outcomes.close()  # stops the pool now, also when the interrupt arrived outside the generator
             bar.close()
-            recorded = record.finished().keys()  # and parts finished as the run stopped
-            absorb(record, out, (i for i in todo if record_key(out, i) not in recorded and part_path(out, i).is_file()))
+            stopped = [item for item in unreported.values() if part_path(out, item).is_file()]  # as the run stopped
+            absorb(record, out, finished + stopped)
             run.collected = collect(out, items, shard, record)
             _write_csv(out / output_names(shard)["failures"], ("path", "reason"), run.failures)
         return run
