@@ -87,10 +87,11 @@ def test_kill_between_rows_file_and_commit_leaves_no_duplicate(finished, tmp_pat
         db.execute("DELETE FROM items WHERE key = ?", (forgotten,))
     orphan = rows_file.with_name("manifest-0123456789abcdef.parquet")  # ... though its rows file was renamed
     shutil.copyfile(rows_file, orphan)
-    parts = _parts(out)
+    parts, written = _parts(out), (out / "manifest.parquet").stat().st_mtime_ns
     summary = extract("folder", root, out, SETTINGS, progress=False)
     assert summary.done == 0 and _parts(out) == parts
     assert not orphan.exists() and forgotten in _recorded(out)
+    assert (out / "manifest.parquet").stat().st_mtime_ns != written  # rebuilt: the record changed
     result = pd.read_parquet(out / "manifest.parquet")
     assert not result.duplicated(["video", "frame"]).any()
     pd.testing.assert_frame_equal(result, expected)

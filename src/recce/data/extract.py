@@ -446,7 +446,7 @@ def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None
     paths = [out / names["manifest"], out / names["no_face"]]
     finished = record.finished()
     keyed = [(item, key) for item in items if (key := record_key(out, item)) in finished]
-    digest = hashlib.sha256("\n".join(f"{key}:{finished[key].order}" for _, key in keyed).encode("utf-8"))
+    digest = hashlib.sha256("\n".join(f"{key}:{finished[key].rows_file}" for _, key in keyed).encode("utf-8"))
     saved = record.output_state(names["manifest"])
     if saved is not None and saved["items"] == digest.hexdigest() and saved["files"] == [_file_state(p) for p in paths]:
         return Collected(manifest=paths[0], rows=saved["rows"], detectors=saved["detectors"], no_face=saved["no_face"])

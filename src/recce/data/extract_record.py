@@ -47,7 +47,6 @@ class Finished:
     rows_file: str
     detector: str
     no_face: list[int]
-    order: int  # the record's row id: grows with every recorded item
 
 
 class ExtractRecord:
@@ -79,10 +78,10 @@ class ExtractRecord:
 
     def finished(self) -> dict[str, Finished]:
         """Every recorded item, read in one query."""
-        query = "SELECT key, rows_file, detector, no_face, rowid FROM items"
+        query = "SELECT key, rows_file, detector, no_face FROM items"
         return {
-            key: Finished(rows_file, detector, json.loads(no_face), order)
-            for key, rows_file, detector, no_face, order in self._db.execute(query)
+            key: Finished(rows_file, detector, json.loads(no_face))
+            for key, rows_file, detector, no_face in self._db.execute(query)
         }
 
     def absorb(self, parts: Sequence[tuple[str, pa.Table, str, list[int]]]) -> None:
