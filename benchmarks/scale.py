@@ -457,6 +457,7 @@ def configuration(args: argparse.Namespace, n_boot: int) -> str:
         f"{os.cpu_count()} logical CPUs (load {load}), Python {platform.python_version()}, {versions}; "
         f"sizes {', '.join(f'{n:,}' for n in args.sizes)} rows, {n_boot} bootstrap resamples, "
         f"baseline {'off' if args.no_baseline else f'up to {args.baseline_max_rows:,} rows'}"
+        + (f"; resume at {', '.join(f'{n:,}' for n in args.resume_videos)} videos" if "resume" in args.steps else "")
     )
 
 
