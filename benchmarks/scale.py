@@ -10,6 +10,11 @@ Builds synthetic manifests in the project's schema, shaped like DFDC (32 frames 
   command costs);
 - `evaluate`: `recce.metrics.evaluate_scores` with 1000 bootstrap resamples (frame CI clustered by video);
 - `dataset`: `ManifestDataset(M, splits=["train"])` construction, training start-up, with its bytes per row.
+- `resume`: `recce.data.extract.extract` (folder dataset, `--detector none`) rerun over an output folder where every
+  video is finished and nothing is left to do; sized in videos (`--resume-videos`, 32 crops a video), its part files
+  faked from the synthetic manifest and its media empty files. "ours (migrates)" is the first run over the folder as
+  the code before issue 12 left it (it records every part once), "ours" the rerun after it, "baseline" the old
+  resume (a stat per video, then every part file read again and the manifest rebuilt).
 
 Each step is measured for this package ("ours") and, where the old code can still run, for the implementation
 before issue 12 ("baseline"), kept only in this script: per-row pathlib joins in `read`, per-row `os.path.relpath`
@@ -21,6 +26,7 @@ intervals. Peak memory is the growth of the process's peak RSS over its RSS befo
     python benchmarks/scale.py                  # 10k, 100k, 1M rows
     python benchmarks/scale.py --huge           # adds 4M rows
     python benchmarks/scale.py --sizes 10000 100000 --steps evaluate --no-baseline
+    python benchmarks/scale.py --steps resume --resume-videos 10000 100000
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recce import metrics
 from recce.data import manifest
@@ -52,6 +59,7 @@ TEST_FRACTION = 0.04  # 5k test of 124k videos
 TRAIN_PARTS = 50
 N_BOOT = 1000
 STEPS = ("read", "merge", "info", "evaluate", "dataset")
+RESUME_IMPLS = ("baseline", "ours (migrates)", "ours")
 SHARDS = 4
 
 
@@ -125,7 +133,63 @@ def shard_path(folder: Path, n_rows: int, k: int) -> Path:
     return folder / f"{n_rows}" / f"shard{k}" / "manifest.parquet"
 
 
+def prepare_resume(folder: Path, n_videos: int) -> Path:
+    """A folder dataset of `n_videos` empty video files and an output folder where each has its part file, as the
+    code before issue 12 left a finished extraction (no record, no manifest)."""
+    from recce.data import extract  # imports torch: only for this step
+
+    base = folder / f"resume-{n_videos}"
+    root, out = base / "root", base / "out"
+    if out.is_dir():
+        return base
+    for label in ("real", "fake"):
+        (root / label).mkdir(parents=True)
+    for v in range(n_videos):
+        (root / ("real" if v % 6 == 0 else "fake") / f"v{v:07d}.mp4").touch()
+    settings = extract.ExtractSettings(detector=extract.NO_DETECTOR)
+    extract._check_settings(out, "folder", settings)
+    items = extract.shard_items(extract.index_dataset("folder", root).items, None)
+    crops = synthetic_manifest(n_videos * FRAMES_PER_VIDEO)
+    crops["dataset"] = "folder"
+    crops["video"] = np.repeat([item.video for item in items], FRAMES_PER_VIDEO)
+    crops["path"] = "crops/folder/" + crops["video"] + "/" + crops["frame"].map("{:06d}.png".format)
+    crops["label"] = np.repeat([item.label for item in items], FRAMES_PER_VIDEO)
+    crops["detector"] = extract.NO_DETECTOR
+    table = pa.Table.from_pandas(manifest.to_frame(crops), preserve_index=False)
+    sampled = crops["frame"].iloc[:FRAMES_PER_VIDEO].tolist()
+    for v, item in enumerate(items):
+        metadata = {"source": str(item.source), "detector": extract.NO_DETECTOR, "sampled": sampled, "no_face": []}
+        part = table.slice(v * FRAMES_PER_VIDEO, FRAMES_PER_VIDEO)  # as extract._write_part writes it
+        part = part.replace_schema_metadata({**table.schema.metadata, extract.PART_METADATA_KEY: json.dumps(metadata)})
+        extract.part_path(out, item).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, extract.part_path(out, item))
+    return base
+
+
 # ----------------------------------------------------------------------------------- baseline: the code before
+def baseline_resume(root: Path, out: Path) -> int:
+    """The resume before issue 12 with nothing left to do: index, a stat per video, every part read again."""
+    from recce.data import extract
+
+    items = extract.shard_items(extract.index_dataset("folder", root).items, None)
+    todo = [item for item in items if not extract.part_path(out, item).is_file()]
+    frames, no_face_rows, detectors = [], [], set()
+    for item in items:
+        path = extract.part_path(out, item)
+        if not path.is_file():
+            continue
+        table = pq.read_table(path)
+        metadata = json.loads(table.schema.metadata[extract.PART_METADATA_KEY])
+        frames.append(table.to_pandas())
+        detectors.add(metadata["detector"])
+        no_face_rows.extend((item.dataset, item.split, item.video, i, item.source) for i in metadata["no_face"])
+    combined = manifest.to_frame(pd.concat(frames, ignore_index=True) if frames else [])
+    combined = combined.sort_values(["dataset", "split", "video", "frame"], kind="stable")
+    manifest.write(combined, out / "manifest-baseline.parquet")
+    extract._write_csv(out / "no_face-baseline.csv", ("dataset", "split", "video", "frame", "source"), no_face_rows)
+    return len(todo)
+
+
 def baseline_read(path: Path) -> pd.DataFrame:
     frame = manifest.to_frame(pd.read_parquet(path))
     root = path.resolve().parent
@@ -246,6 +310,10 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
     scores = pd.read_parquet(folder / f"{n_rows}" / "scores.parquet") if step == "evaluate" else None
     if step == "dataset":
         from recce.data.dataset import ManifestDataset  # imports torch: before the measurement
+    if step == "resume":
+        from recce.data import extract  # imports torch: before the measurement
+
+        base = folder / f"resume-{n_rows}"
     from recce.commands import manifest as manifest_command
 
     extra: dict = {}
@@ -271,6 +339,14 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
             extra["result"] = json.dumps(metrics.json_safe(result), sort_keys=True)
             extra["frame_auc_ci"] = result["frame"]["auc_ci"]
             return result
+        if step == "resume":
+            if impl == "baseline":
+                extra["todo"] = baseline_resume(base / "root", base / "out")
+                return None
+            settings = extract.ExtractSettings(detector=extract.NO_DETECTOR)
+            summary = extract.extract("folder", base / "root", base / "out", settings, progress=False)
+            extra.update(todo=summary.done + summary.failed, manifest_rows=summary.collected.rows)
+            return summary
         if step == "dataset":
             if impl == "ours":
                 dataset = ManifestDataset(path, splits=["train"])
@@ -381,6 +457,7 @@ def configuration(args: argparse.Namespace, n_boot: int) -> str:
         f"{os.cpu_count()} logical CPUs (load {load}), Python {platform.python_version()}, {versions}; "
         f"sizes {', '.join(f'{n:,}' for n in args.sizes)} rows, {n_boot} bootstrap resamples, "
         f"baseline {'off' if args.no_baseline else f'up to {args.baseline_max_rows:,} rows'}"
+        + (f"; resume at {', '.join(f'{n:,}' for n in args.resume_videos)} videos" if "resume" in args.steps else "")
     )
 
 
@@ -401,7 +478,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--huge", action="store_true", help="add 4M rows")
-    parser.add_argument("--steps", nargs="+", choices=[*STEPS, "info-cli"], default=[*STEPS, "info-cli"])
+    parser.add_argument("--steps", nargs="+", choices=[*STEPS, "info-cli", "resume"], default=[*STEPS, "info-cli"])
+    parser.add_argument("--resume-videos", type=int, nargs="+", default=[10_000, 100_000], help="sizes of `resume`")
     parser.add_argument("--no-baseline", action="store_true", help="measure this package only")
     parser.add_argument("--baseline-max-rows", type=int, default=1_000_000, help="largest size the baseline runs at")
     parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
@@ -418,9 +496,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="recce-scale-") as temporary:
         folder = args.data or Path(temporary)
         rows: list[dict] = []
-        for n_rows in args.sizes:
+        manifest_steps = [step for step in args.steps if step != "resume"]
+        for n_rows in args.sizes if manifest_steps else []:
             prepare(folder, n_rows)
-            for step in args.steps:
+            for step in manifest_steps:
                 impls = ["ours"]
                 if step == "info-cli":
                     impls = ["recce CLI", "module alone"]
@@ -439,6 +518,22 @@ def main() -> int:
                     print(f"{step:9s} {impl:12s} {n_rows:>9,} rows {result['seconds']:8.2f} s", flush=True)
                 if "baseline" in results:
                     rows[-2]["check"] = check(step, results, folder, n_rows)
+        if "resume" in args.steps:
+            for n_videos in sorted(args.resume_videos):
+                prepare_resume(folder, n_videos)
+                for impl in RESUME_IMPLS if not args.no_baseline else RESUME_IMPLS[1:]:
+                    result = measure("resume", impl, folder, n_videos, args.n_boot)
+                    result["check"] = f"{result['todo']} redone" + (
+                        f", {result['manifest_rows']:,} manifest rows" if "manifest_rows" in result else ""
+                    )
+                    if impl == "ours" and not args.no_baseline:
+                        out = folder / f"resume-{n_videos}" / "out"
+                        same = pd.read_parquet(out / "manifest.parquet").equals(
+                            pd.read_parquet(out / "manifest-baseline.parquet")
+                        )
+                        result["check"] += ", same manifest as baseline" if same else ", manifest DIFFERS from baseline"
+                    rows.append({"step": "resume", "impl": impl, "rows": n_videos, **result})
+                    print(f"resume    {impl:16s} {n_videos:>9,} videos {result['seconds']:8.2f} s", flush=True)
         print()
         print(table(rows))
         if args.json:

@@ -7,6 +7,10 @@ Output folder layout (O):
 - `parts/<dataset>/<quoted video id>.parquet`: one per finished item, written last and atomically; its
   existence marks the item done, so an interrupted run resumes where it stopped. It holds the item's
   manifest rows (paths relative to O) and, in the Parquet metadata, the sampled frames without a face.
+- `parts/record.sqlite` and `parts/rows/`: the record of finished items and their manifest rows, absorbed from
+  the parts in batches (see recce.data.extract_record); a rerun reads the record, not the parts, and keeps the
+  manifest when no item was recorded since it was written. Once recorded, an item stays done even if its part
+  file is deleted; parts not yet recorded (a kill, or a folder written before the record) are recorded on resume.
 - `parts/<dataset>/settings.json`: the settings that shaped the crops; resuming with others is refused.
 - `manifest.parquet`, `failures.csv` (path, reason) and `no_face.csv` (frames where no face was kept);
   a shard K of N writes `manifest-shard-K-of-N.parquet`, `failures-shard-K-of-N.csv` and so on.
@@ -47,6 +51,8 @@ import torch
 from tqdm import tqdm
 
 from recce.data import manifest
+from recce.data.extract_record import BATCH as RECORD_BATCH
+from recce.data.extract_record import ExtractRecord
 from recce.data.faces import FaceDetector, build_detector, choose_face, crop_face
 from recce.data.faces.base import DETECTOR_NAMES
 from recce.data.faces.crop import EDGE_MODES, crop_landmarks
@@ -408,31 +414,70 @@ def _process(
         yield from pool.imap_unordered(_run_item, todo, chunksize=1)
 
 
-def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None) -> Collected:
-    """Combine the parts of the finished items into the manifest and the no-face list.
+def record_key(out: Path, item: MediaItem) -> str:
+    """The item's name in the extraction record: its dataset and part file name."""
+    return f"{item.dataset}/{part_path(out, item).name}"
 
-    The split comes from the current index, not from the part: rerunning with other split options (e.g.
+
+def absorb(record: ExtractRecord, out: Path, items: Iterable[MediaItem]) -> None:
+    """Record finished items from their part files, a batch (one rows file, one transaction) at a time."""
+    items = iter(items)
+    while batch := list(islice(items, RECORD_BATCH)):
+        parts = []
+        for item in batch:
+            table = pq.read_table(part_path(out, item))
+            metadata = json.loads(table.schema.metadata[PART_METADATA_KEY])
+            parts.append(
+                (record_key(out, item), table.replace_schema_metadata(None), metadata["detector"], metadata["no_face"])
+            )
+        record.absorb(parts)
+
+
+def _file_state(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def collect(out: Path, items: Sequence[MediaItem], shard: tuple[int, int] | None, record: ExtractRecord) -> Collected:
+    """Combine the recorded items of the shard into the manifest and the no-face list; when the recorded items
+    are the ones the present outputs were written from, keep those outputs (a rerun with nothing to do).
+
+    The split comes from the current index, not from the record: rerunning with other split options (e.g.
     `--val-fraction`) re-splits the finished items without re-cropping them.
     """
     names = output_names(shard)
-    frames, no_face_rows, detectors, resplit = [], [], set(), 0
-    for item in items:
-        path = part_path(out, item)
-        if not path.is_file():
-            continue
-        table = pq.read_table(path)
-        metadata = json.loads(table.schema.metadata[PART_METADATA_KEY])
-        frame = table.to_pandas()
-        resplit += bool(len(frame)) and bool((frame["split"] != item.split).any())
-        frames.append(frame.assign(split=item.split))
-        detectors.add(metadata["detector"])
-        no_face_rows.extend((item.dataset, item.split, item.video, i, item.source) for i in metadata["no_face"])
-    combined = manifest.to_frame(pd.concat(frames, ignore_index=True) if frames else [])
+    paths = [out / names["manifest"], out / names["no_face"]]
+    finished = record.finished()
+    keyed = [(item, key) for item in items if (key := record_key(out, item)) in finished]
+    digest = hashlib.sha256(
+        "\n".join(f"{key}:{finished[key].rows_file}:{item.split}" for item, key in keyed).encode("utf-8")
+    )
+    saved = record.output_state(names["manifest"])
+    if saved is not None and saved["items"] == digest.hexdigest() and saved["files"] == [_file_state(p) for p in paths]:
+        return Collected(manifest=paths[0], rows=saved["rows"], detectors=saved["detectors"], no_face=saved["no_face"])
+    wanted = {key: finished[key] for _, key in keyed}
+    combined = manifest.to_frame(record.rows(wanted).to_pandas() if wanted else [])
+    current = pd.DataFrame(
+        [(item.dataset, item.video, item.split) for item, _ in keyed], columns=["dataset", "video", "now"]
+    ).astype(str)
+    now = combined[["dataset", "video"]].astype(str).merge(current, on=["dataset", "video"], how="left")["now"]
+    moved = (now.notna() & (now != combined["split"].astype(str))).to_numpy()
+    resplit = combined.loc[moved, ["dataset", "video"]].drop_duplicates().shape[0]
+    combined.loc[moved, "split"] = now[moved].to_numpy()
     combined = combined.sort_values(["dataset", "split", "video", "frame"], kind="stable")
-    path = manifest.write(combined, out / names["manifest"])
-    _write_csv(out / names["no_face"], ("dataset", "split", "video", "frame", "source"), no_face_rows)
+    manifest.write(combined, paths[0])
+    no_face_rows = [
+        (item.dataset, item.split, item.video, i, item.source) for item, key in keyed for i in finished[key].no_face
+    ]
+    _write_csv(paths[1], ("dataset", "split", "video", "frame", "source"), no_face_rows)
+    detectors = sorted({finished[key].detector for _, key in keyed})
+    state = {"items": digest.hexdigest(), "files": [_file_state(p) for p in paths], "rows": len(combined)}
+    record.set_output_state(names["manifest"], {**state, "detectors": detectors, "no_face": len(no_face_rows)})
     return Collected(
-        manifest=path, rows=len(combined), detectors=sorted(detectors), no_face=len(no_face_rows), resplit=resplit
+        manifest=paths[0], rows=len(combined), detectors=detectors, no_face=len(no_face_rows), resplit=resplit
     )
 
 
@@ -474,9 +519,17 @@ def extract(
             held.enter_context(lock)
         _check_settings(out, dataset, settings)
         _remove_stale_outputs(out, shard)
+        record = held.enter_context(
+            ExtractRecord(out / PARTS_DIR, output_names(shard)["manifest"].removesuffix(".parquet"))
+        )
         result = index_dataset(dataset, Path(root), **(index_options or {}))
         items = shard_items(result.items, shard)
-        todo = [item for item in items if not part_path(out, item).is_file()]
+        recorded = record.finished().keys()
+        unrecorded = [item for item in items if record_key(out, item) not in recorded]
+        absorb(record, out, (item for item in unrecorded if part_path(out, item).is_file()))  # older runs' parts
+        todo = [item for item in unrecorded if not part_path(out, item).is_file()]
+        unreported = {str(item.source): item for item in todo}  # no outcome yet
+        finished: list[MediaItem] = []  # not recorded yet
         run = ExtractSummary(dataset=dataset, items=len(items), already_done=len(items) - len(todo))
         run.index_skipped = len(result.skipped)
         run.failures = list(result.skipped)
@@ -488,12 +541,17 @@ def extract(
             for outcome in outcomes:
                 if outcome.failed:
                     run.failed += 1
+                    unreported.pop(outcome.source, None)
                     run.failures.append((outcome.source, outcome.failed.removeprefix(f"{outcome.source}: ")))
                     logger.warning("%s", outcome.failed)
                 else:
                     run.done += 1
                     run.frames += outcome.frames
                     run.faces += outcome.faces
+                    finished.append(unreported.pop(outcome.source))
+                    if len(finished) == RECORD_BATCH:
+                        absorb(record, out, finished)
+                        finished.clear()
                 bar.update()
                 bar.set_postfix(faces=run.faces, failed=run.failed, refresh=False)
         except KeyboardInterrupt:
@@ -501,6 +559,8 @@ def extract(
         finally:
             outcomes.close()  # stops the pool now, also when the interrupt arrived outside the generator
             bar.close()
-            run.collected = collect(out, items, shard)
+            stopped = [item for item in unreported.values() if part_path(out, item).is_file()]  # as the run stopped
+            absorb(record, out, finished + stopped)
+            run.collected = collect(out, items, shard, record)
             _write_csv(out / output_names(shard)["failures"], ("path", "reason"), run.failures)
         return run
