@@ -247,21 +247,17 @@ class _FileFaces:
 
 def run_metadata(checkpoint: str | os.PathLike, model: nn.Module, face_detector: str, threshold: float) -> dict:
     """What produced a set of results: checkpoint (and its SHA-256), detector, threshold, versions, time."""
-    import hashlib
     import platform
     from datetime import datetime, timezone
 
     import torch
 
     from recce import __version__
+    from recce.catalogue import file_sha256
 
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return {
         "checkpoint": str(checkpoint),
-        "checkpoint_sha256": digest.hexdigest(),
+        "checkpoint_sha256": file_sha256(checkpoint),
         "detector": getattr(model, "name", type(model).__name__),
         "input_size": preprocess_of(model).input_size,
         "face_detector": face_detector,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from sklearn import metrics as sk_metrics
 from torch import nn
 
 from recce import checkpoints
+from recce.catalogue import file_sha256
 from recce.data import manifest
 from recce.data.dataset import ManifestDataset
 from recce.data.perturb import LEVELS, SEED_TABLE5, SEQUENCE_KINDS, Perturbation, perturb_sequence, stable_seed
@@ -166,17 +166,13 @@ def test_preprocess(trained: Preprocess, dataset: str, size: int | None = None) 
 
 def checkpoint_record(path: str | os.PathLike) -> dict:
     """What `recce tables` needs to know about a checkpoint: its hash and the provenance its training recorded."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     metadata = checkpoints.read_metadata(path)
     provenance = metadata.get("provenance") or {}
     cls = detector_class(metadata["detector"])
     values = {**dataclasses.asdict(cls.Loss()), **metadata["config"]}
     return {
         "checkpoint": str(path),
-        "checkpoint_sha256": digest.hexdigest(),
+        "checkpoint_sha256": file_sha256(path),
         "detector": metadata["detector"],
         "detector_source": cls.source,
         "choices": provenance.get("choices") or {name: values[name] for name in cls.choices if name in values},
