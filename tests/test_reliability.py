@@ -348,9 +348,9 @@ def test_decompression_bomb_and_member_flood_refused_before_writing(tmp_path):
         archive.safe_extract(bomb, tmp_path / "bomb")
     flood = _tar(tmp_path / "flood.tar", {f"1/real/0/{i}.png": b"" for i in range(30)}, "w")
     with pytest.raises(DatasetLayoutError, match="more than 20 members"):
-        archive.safe_extract(flood, tmp_path / "flood", max_members=20)
+        archive.safe_extract(flood, tmp_path / "flood", archive.ArchiveLimits(max_members=20))
     with pytest.raises(DatasetLayoutError, match="total more than 1000 bytes"):
-        archive.safe_extract(bomb, tmp_path / "bomb", max_bytes=1000)
+        archive.safe_extract(bomb, tmp_path / "bomb", archive.ArchiveLimits(max_bytes=1000))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz", "flood.tar"]
 
 
@@ -371,6 +371,31 @@ def test_one_bad_wilddeepfake_archive_does_not_stop_the_dataset(tmp_path):
         assert "times the archive's size" in skipped["2.tar.gz"]
         assert "cannot be extracted" in skipped["3.tar"] or "truncated" in skipped["3.tar"]
         assert "no usable folder name" in skipped["...tar"]
+
+
+def test_archive_limits_from_the_command_line(tmp_path):
+    """A user whose genuine archive exceeds a default raises that limit on `recce extract`, and only then."""
+    _, png = cv2.imencode(".png", moving_face_frames(1, size=(96, 64), face_width=30)[0][0])
+    for split in ("real_train", "fake_train"):
+        (tmp_path / "wdf" / split).mkdir(parents=True)
+        label = split.split("_")[0]
+        members = {f"1/{label}/7/{i}.png": png.tobytes() for i in range(3)}
+        _tar(tmp_path / "wdf" / split / "1.tar", members, "w")
+    command = [sys.executable, "-m", "recce", "extract", "wilddeepfake", "--root", str(tmp_path / "wdf")]
+    command += ["--face-detector", "none", "--no-progress", "--archive-max-members", "2"]
+    refused = subprocess.run([*command, "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert refused.returncode == 0 and "0 items" in refused.stdout
+    reasons = pd.read_csv(tmp_path / "a" / "failures.csv")["reason"]
+    assert reasons.str.contains("more than 2 members (raise it with --archive-max-members)", regex=False).sum() == 2
+    assert not (tmp_path / "wdf" / "extracted").exists() or not any((tmp_path / "wdf" / "extracted").rglob("*.png"))
+    command[-1] = "3"
+    accepted = subprocess.run([*command, "--out", str(tmp_path / "b")], capture_output=True, text=True)
+    assert accepted.returncode == 0, accepted.stderr
+    assert len(pd.read_parquet(tmp_path / "b" / "manifest.parquet")) == 6
+    bad = subprocess.run(
+        [*command, "--archive-max-bytes", "0", "--out", str(tmp_path / "c")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "archive limits must be positive" in bad.stderr
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -37,6 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_argument("--test-fraction", type=float, help="folder: share of items drawn for test")
     options.add_argument("--val-parts", nargs="+", help="dfdc: training parts used as val")
     options.add_argument("--extract-to", help="wilddeepfake: where archives are unpacked")
+    options.add_argument(
+        "--archive-max-bytes",
+        type=byte_size,
+        help="wilddeepfake: refuse an archive whose files total more (e.g. 64G, the default)",
+    )
+    options.add_argument(
+        "--archive-max-members", type=int, help="wilddeepfake: refuse an archive with more members (default 500000)"
+    )
+    options.add_argument(
+        "--archive-max-expansion",
+        type=float,
+        help="wilddeepfake: refuse an archive whose files total more than this times its size (default 100)",
+    )
 
     sampling = parser.add_argument_group("frames").add_mutually_exclusive_group()
     sampling.add_argument(
@@ -79,6 +92,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def byte_size(text: str) -> int:
+    """'64G', '500M', '1.5T' or a plain number of bytes."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    number, unit = text.strip().upper().removesuffix("B"), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 64G, 500M or 1000000") from None
+
+
+ARCHIVE_LIMITS = {
+    "archive_max_bytes": "max_bytes",
+    "archive_max_members": "max_members",
+    "archive_max_expansion": "max_expansion",
+}
+
+
 INDEX_OPTIONS = (
     "splits_dir",
     "compressions",
@@ -89,6 +121,17 @@ INDEX_OPTIONS = (
     "val_parts",
     "extract_to",
 )
+
+
+def index_options(args: argparse.Namespace) -> dict[str, object]:
+    """The indexer's keyword options the user gave; the archive limits travel as one `ArchiveLimits`."""
+    options = {name: getattr(args, name) for name in INDEX_OPTIONS if getattr(args, name) is not None}
+    limits = {field: getattr(args, option) for option, field in ARCHIVE_LIMITS.items()}
+    if any(value is not None for value in limits.values()):
+        from recce.data.archive import ArchiveLimits
+
+        options["archive_limits"] = ArchiveLimits(**{k: v for k, v in limits.items() if v is not None})
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             args.root,
             args.out,
             settings,
-            index_options={name: getattr(args, name) for name in INDEX_OPTIONS if getattr(args, name) is not None},
+            index_options=index_options(args),
             workers=args.workers,
             device=args.device,
             batch_size=args.batch_size,

@@ -8,7 +8,8 @@ half-filled destination, and a finished one is not redone.
 
 Sizes are checked from the member headers before anything is written too: an archive whose files total more
 than `max_bytes`, expand more than `max_expansion` times the archive's own size, or number more than
-`max_members` is refused (a small compressed archive must not fill the disk).
+`max_members` is refused (a small compressed archive must not fill the disk); `ArchiveLimits` holds the three,
+which `recce extract --archive-max-*` sets.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import shutil
 import tarfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .indexers.base import DatasetLayoutError
@@ -29,6 +31,19 @@ MAX_BYTES = 64 * 2**30  # total size of the extracted files
 MAX_MEMBERS = 500_000
 MAX_EXPANSION = 100  # extracted size / archive size; frames are PNG or JPEG and barely compress
 _EXPANSION_FREE_BYTES = 64 * 2**20  # below this total, any expansion is harmless
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What one archive may unpack to before it is refused unread."""
+
+    max_bytes: int = MAX_BYTES  # total size of its files
+    max_members: int = MAX_MEMBERS
+    max_expansion: float = MAX_EXPANSION  # files' total size / archive size
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_members <= 0 or self.max_expansion <= 0:
+            raise ValueError(f"archive limits must be positive, got {self}")
 
 
 def member_problem(member: tarfile.TarInfo) -> str | None:
@@ -85,12 +100,11 @@ def write_marker(folder: Path, stamp: dict[str, object], files: list[str]) -> No
     os.replace(temporary, folder / MARKER)
 
 
-def checked_members(
-    tar: tarfile.TarFile, archive: Path, max_bytes: int, max_members: int, max_expansion: float
-) -> list[tarfile.TarInfo]:
+def checked_members(tar: tarfile.TarFile, archive: Path, limits: ArchiveLimits) -> list[tarfile.TarInfo]:
     """The members, read header by header and refused as soon as a limit or a member type is exceeded."""
     members: list[tarfile.TarInfo] = []
     total = 0
+    max_bytes, max_members, max_expansion = limits.max_bytes, limits.max_members, limits.max_expansion
     allowed = max(_EXPANSION_FREE_BYTES, max_expansion * archive.stat().st_size)
     for member in tar:
         problem = member_problem(member)
@@ -99,13 +113,17 @@ def checked_members(
         members.append(member)
         total += member.size if member.isreg() else 0
         if len(members) > max_members:
-            raise DatasetLayoutError(f"{archive}: refused, more than {max_members} members")
+            raise DatasetLayoutError(
+                f"{archive}: refused, more than {max_members} members (raise it with --archive-max-members)"
+            )
         if total > max_bytes:
-            raise DatasetLayoutError(f"{archive}: refused, its files total more than {max_bytes} bytes")
+            raise DatasetLayoutError(
+                f"{archive}: refused, its files total more than {max_bytes} bytes (raise it with --archive-max-bytes)"
+            )
         if total > allowed:
             raise DatasetLayoutError(
                 f"{archive}: refused, its files total more than {max_expansion:g} times the archive's size "
-                "(a decompression bomb, or raise max_expansion)"
+                "(a decompression bomb, or raise it with --archive-max-expansion)"
             )
     return members
 
@@ -113,10 +131,7 @@ def checked_members(
 def safe_extract(
     archive: str | os.PathLike,
     dest: str | os.PathLike,
-    *,
-    max_bytes: int = MAX_BYTES,
-    max_members: int = MAX_MEMBERS,
-    max_expansion: float = MAX_EXPANSION,
+    limits: ArchiveLimits = ArchiveLimits(),
 ) -> list[Path]:
     """Extract a tar archive (plain or compressed) into dest and return the extracted files.
 
@@ -138,7 +153,7 @@ def safe_extract(
     partial = dest.parent / f".{dest.name}.partial"
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            members = checked_members(tar, archive, max_bytes, max_members, max_expansion)
+            members = checked_members(tar, archive, limits)
             if not ends_with_end_block(tar):
                 raise DatasetLayoutError(f"{archive}: truncated (no end-of-archive block after the last member)")
             if partial.exists():

@@ -48,7 +48,9 @@ def frame_folders(tree: Path) -> list[Path]:
     return sorted(found)
 
 
-def unit_trees(folder: Path, extracted: Path, collector: ItemCollector) -> list[tuple[Path, Path]]:
+def unit_trees(
+    folder: Path, extracted: Path, collector: ItemCollector, limits: archive.ArchiveLimits
+) -> list[tuple[Path, Path]]:
     """(tree, base of its video ids) for every archive unit of one split folder, extracting as needed.
 
     A unit is read from, in order of preference: a folder extracted by the user beside its archive
@@ -70,7 +72,7 @@ def unit_trees(folder: Path, extracted: Path, collector: ItemCollector) -> list[
             collector.skip(entry, "archive name leaves no usable folder name; rename it, e.g. 12.tar")
             continue
         try:
-            archive.safe_extract(entry, extracted / stem)
+            archive.safe_extract(entry, extracted / stem, limits)
         except DatasetLayoutError as error:
             collector.skip(entry, str(error).removeprefix(f"{entry}: "))
             continue
@@ -81,8 +83,15 @@ def unit_trees(folder: Path, extracted: Path, collector: ItemCollector) -> list[
     return [units[stem] for stem in sorted(units)]
 
 
-def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None, val_fraction: float = 0.0) -> IndexResult:
-    """Index WildDeepfake frame sequences, extracting archives that are not extracted yet."""
+def index_wilddeepfake(
+    root: Path,
+    *,
+    extract_to: str | Path | None = None,
+    val_fraction: float = 0.0,
+    archive_limits: archive.ArchiveLimits | None = None,
+) -> IndexResult:
+    """Index WildDeepfake frame sequences, extracting archives that are not extracted yet (within `archive_limits`,
+    default `archive.ArchiveLimits()`)."""
     val_fraction = check_fraction(val_fraction, "val_fraction")
     extract_to = Path(extract_to) if extract_to is not None else root / "extracted"
     present = [name for name in SPLIT_FOLDERS if (root / name).is_dir() or (extract_to / name).is_dir()]
@@ -94,7 +103,9 @@ def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None, val_
             collector.skip(root / name, "folder missing, so the index has none of its sequences")
     for name in present:
         split, label = SPLIT_FOLDERS[name]
-        for tree, base in unit_trees(root / name, extract_to / name, collector):
+        for tree, base in unit_trees(
+            root / name, extract_to / name, collector, archive_limits or archive.ArchiveLimits()
+        ):
             unit_split = "val" if split == "train" and hash_unit(f"wilddeepfake/{tree.name}") < val_fraction else split
             sequences = frame_folders(tree)
             if not sequences:
