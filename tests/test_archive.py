@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -149,3 +151,23 @@ def test_damaged_archive_is_a_clear_error_and_leaves_nothing(tmp_path: Path, kee
     with pytest.raises(DatasetLayoutError, match=rf"12\.tar\.gz: {message}"):
         safe_extract(archive, out / "12")
     assert leftovers(out) == []
+
+
+def test_two_runs_unpacking_one_archive_take_turns(tmp_path: Path) -> None:
+    """A second extraction of the same dataset (another --out) waits for the first one's unpacking, then reuses it."""
+    archive = tmp_path / "12.tar"
+    files = good_archive(archive)
+    dest = tmp_path / "extracted" / "12"
+    holder = os.open(archive, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # the first run, mid-extraction
+    result: list[list[Path]] = []
+    waiting = threading.Thread(target=lambda: result.append(safe_extract(archive, dest)))
+    waiting.start()
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive() and not (tmp_path / "extracted").exists()
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    waiting.join(timeout=60)
+    assert not waiting.is_alive()
+    assert sorted(result[0]) == sorted(dest / name for name in files)
+    assert safe_extract(archive, dest) == result[0]

@@ -14,6 +14,7 @@ which `recce extract --archive-max-*` sets.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import lzma
 import os
@@ -137,11 +138,22 @@ def safe_extract(
 
     Resumable: a dest already holding a completed extraction of this archive (same name, size and
     modification time) is returned as is. A dest that exists without such a marker is not ours to
-    overwrite and is an error. One process per dest at a time.
+    overwrite and is an error. Runs that need the same dest (two extractions of one dataset into different
+    output folders) take turns on a lock on the archive itself: the second waits, then finds the first one's
+    extraction complete.
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise DatasetLayoutError(f"{archive}: archive not found")
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes, or when this process dies
+        return _extract_unlocked(archive, dest, limits)
+    finally:
+        os.close(fd)
+
+
+def _extract_unlocked(archive: Path, dest: Path, limits: ArchiveLimits) -> list[Path]:
     stamp = archive_stamp(archive)
     done = completed_files(dest, stamp)
     if done is not None:
