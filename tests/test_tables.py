@@ -190,3 +190,43 @@ def test_table3_from_wilddeepfake_runs_and_the_reasons_for_missing_cells(
     recce_row = {row["key"]: row for row in table1["rows"]}["RECCE: L_r on real, with L_m"]
     assert recce_row["cells"]["AUC"]["value"] == rows["recce"]["FF++ AUC"]["value"]
     assert main(["tables", "--table", "3", str(tmp_path / "nothing"), "--out", str(out)]) == 0
+
+
+ABLATION_ROWS = {  # config -> (Table 1 row, Table 2 row), as each config's first comment line names them
+    "ablation_reconstruct_all.yaml": ("(a) L_r on real & fake, no L_m", None),
+    "ablation_no_metric.yaml": ("(b) L_r on real, no L_m", None),
+    "ablation_sum.yaml": (None, "(a) summation, multi-scale"),
+    "ablation_concat.yaml": (None, "(b) concatenation, multi-scale"),
+    "ablation_nonlocal.yaml": (None, "(c) non-local, multi-scale"),
+    "ablation_single_scale.yaml": (None, "(d) graph-based, single scale"),
+    "wilddeepfake.yaml": ("RECCE: L_r on real, with L_m", "RECCE: graph-based, multi-scale"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATION_ROWS))
+def test_tables_1_and_2_place_each_shipped_ablation_config_in_its_row(name: str) -> None:
+    """The rows of Tables 1-2 come from the training config a checkpoint records, never from the run's folder name:
+    each shipped config, as `train` records it, lands in the row of the seed it reproduces and in no other."""
+    from recce.reports.tables import _variant_t1, _variant_t2
+
+    recorded = load_config(CONFIGS / "recce" / name).to_dict()
+    table1, table2 = ABLATION_ROWS[name]
+    assert (_variant_t1(recorded), _variant_t2(recorded)) == (table1, table2)
+    assert {table1, table2} - {None} <= set(paper()["tables"][1]["rows"]) | set(paper()["tables"][2]["rows"])
+
+
+def test_table2_from_an_ablation_run(synthetic: pd.DataFrame, tmp_path: Path) -> None:
+    manifest_path = _write(synthetic.assign(dataset="wilddeepfake", compression=""), tmp_path / "m.parquet")
+    run = tmp_path / "sum"
+    checkpoint = _train("recce/ablation_sum.yaml", manifest_path, run, "data.compressions=null")
+    evaluate(checkpoint, manifest_path, run / "eval", options=OPTIONS)
+    assert main(["tables", "--table", "2", str(tmp_path), "--out", str(tmp_path / "tables")]) == 0
+    table = json.loads((tmp_path / "tables" / "table2.json").read_text())
+    rows = {row["key"]: row["cells"] for row in table["rows"]}
+    frame_metrics = json.loads((run / "eval" / "metrics.json").read_text())["datasets"]["wilddeepfake"]["frame"]
+    cells = rows["(a) summation, multi-scale"]
+    assert cells["Acc"]["value"] == round(100 * frame_metrics["acc"], 2)
+    assert cells["AUC"]["value"] == round(100 * frame_metrics["auc"], 2)
+    assert cells["AUC"]["paper"] == 90.35
+    assert cells["AUC"]["diff"] == round(cells["AUC"]["value"] - 90.35, 2)
+    assert rows["RECCE: graph-based, multi-scale"]["AUC"]["missing"] == "no run given"
