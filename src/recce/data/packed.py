@@ -1,0 +1,219 @@
+"""Packed crops: WebDataset-style tar shards of the encoded crops, read by random access through byte offsets.
+
+A shard is a plain POSIX (pax) tar whose members are the crops' encoded bytes, exactly what the file layout writes,
+named by the crop's manifest path (`crops/<dataset>/<video>/<frame>.png`), so `tar -x` recreates that layout, `tar
+-t`, the `webdataset` library and object-storage tools stream it, and each member is one sample (key = the path
+without its extension). The manifest's `shard` (relative to its folder), `offset` (first byte of the member's
+data in the tar) and `size` columns let a map-style dataset read any row with one positioned read; the 512-byte
+tar header just before the data is read with it and checked, so a manifest that does not match its shard is a
+one-line error, never a wrong image.
+
+Shards are written under a temporary name and renamed when closed: a killed writer leaves only a temporary file,
+never half a shard under a final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from recce.data.video import MediaError
+
+BLOCK = tarfile.BLOCKSIZE
+DEFAULT_PACK_MB = 1024  # shard size cap; see README "Packed crops" for the choice
+MAX_OPEN = 32  # shard files one process keeps open
+_REGULAR = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.?(?:/|$))(?!.*//)[^\x00]+$")  # relative, no `.`/`..`/empty segment
+
+
+class PackError(ValueError):
+    """A packing job that cannot start (bad option, output folder in use)."""
+
+
+def member_name(path: str) -> str:
+    """The tar member of a crop: its manifest path when that is a plain relative path (so extracting the tar
+    recreates the file layout), else a name from its hash, which never escapes the folder it is extracted into."""
+    if _REGULAR.match(path):
+        return path
+    suffix = Path(path).suffix.lower()
+    return f"#hashed/{hashlib.sha256(path.encode('utf-8')).hexdigest()}{suffix}"
+
+
+def _header(name: str, size: int) -> bytes:
+    """The member's header block(s) as `tarfile` writes them (pax for long or non-ASCII names); fixed owner and
+    time, so packing the same crops twice gives the same bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+class ShardWriter:
+    """Numbered tar shards `<prefix>-NNNNNN.tar` in `folder`, each closed once it holds `limit` bytes or more.
+
+    Members go straight to the open shard's temporary file; `add` is all or nothing for its members (a failure
+    or Ctrl-C part way truncates the file back), so a closed shard never holds half a member.
+    """
+
+    def __init__(self, folder: Path, prefix: str, limit: int, first: int = 0) -> None:
+        if limit <= 0:
+            raise PackError(f"shard size must be positive, got {limit} bytes")
+        self.folder, self.prefix, self.limit, self.number = folder, prefix, limit, first
+        self._file = None
+        self.size = 0  # bytes in the open shard
+
+    @property
+    def name(self) -> str:
+        """The open (or next) shard's file name."""
+        return f"{self.prefix}-{self.number:06d}.tar"
+
+    @property
+    def is_open(self) -> bool:
+        return self._file is not None
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.limit
+
+    def _temporary(self) -> Path:
+        return self.folder / f".{self.name}.tmp"
+
+    def add(self, members: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Append (member name, data) pairs to the open shard (opened on first use); the data offsets."""
+        if self._file is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._temporary(), "wb")  # noqa: SIM115 (kept open across calls, closed in close())
+            self.size = 0
+        start, offsets, chunks = self.size, [], []
+        position = start
+        for name, data in members:
+            header = _header(name, len(data))
+            offsets.append(position + len(header))
+            padding = -len(data) % BLOCK
+            chunks += [header, data, b"\0" * padding]
+            position += len(header) + len(data) + padding
+        try:
+            self._file.writelines(chunks)
+            self._file.flush()
+        except BaseException:
+            self.truncate(start)
+            raise
+        self.size = position
+        return offsets
+
+    def truncate(self, size: int) -> None:
+        """Cut the open shard back to `size` bytes, the end of an earlier `add` (undoes the later ones)."""
+        self._file.seek(size)
+        self._file.truncate()
+        self.size = size
+
+    def close(self) -> Path | None:
+        """Finish the open shard (the two zero blocks that end a tar) and rename it into place; its final path.
+        Interrupted, it leaves the temporary file, which no record names."""
+        if self._file is None:
+            return None
+        file, self._file = self._file, None
+        file.write(b"\0" * (2 * BLOCK))
+        file.close()
+        final = self.folder / self.name
+        self.number += 1
+        os.replace(self.folder / f".{final.name}.tmp", final)
+        return final
+
+
+def shard_numbers(folder: Path, prefix: str) -> dict[int, Path]:
+    """The closed shards `<prefix>-NNNNNN.tar` in `folder` by number."""
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{6,}})\.tar$")
+    if not folder.is_dir():
+        return {}
+    return {int(m[1]): path for path in folder.iterdir() if (m := pattern.match(path.name))}
+
+
+def remove_unreferenced(folder: Path, prefix: str, referenced: Iterable[str]) -> int:
+    """Delete this prefix's temporary shards and closed shards no record names (a kill between the rename and the
+    record's commit); the next free number."""
+    if folder.is_dir():
+        for path in folder.glob(f".{prefix}-*.tar.tmp"):
+            path.unlink(missing_ok=True)
+    keep = set(referenced)
+    numbers = shard_numbers(folder, prefix)
+    for number, path in list(numbers.items()):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+            del numbers[number]
+    return max(numbers, default=-1) + 1
+
+
+class ShardReader:
+    """Reads members of shard files by offset: files opened lazily in the reading process (a DataLoader worker
+    reopens rather than use its parent's descriptors), at most MAX_OPEN at once, least recently used closed first."""
+
+    def __init__(self, max_open: int = MAX_OPEN) -> None:
+        self.max_open = max_open
+        self._pid = -1
+        self._open: OrderedDict[str, int] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        return {"max_open": self.max_open, "_pid": -1, "_open": OrderedDict()}
+
+    def _descriptor(self, shard: str, member: str) -> int:
+        if self._pid != os.getpid():  # forked: the inherited descriptors are this process's copies, close them
+            for fd in self._open.values():
+                os.close(fd)
+            self._open.clear()
+            self._pid = os.getpid()
+        fd = self._open.get(shard)
+        if fd is not None:
+            self._open.move_to_end(shard)
+            return fd
+        try:
+            fd = os.open(shard, os.O_RDONLY)
+        except FileNotFoundError:
+            raise MediaError(f"{shard}: shard not found (member {member})") from None
+        except OSError as error:
+            raise MediaError(f"{shard}: shard not readable ({error.strerror}; member {member})") from None
+        self._open[shard] = fd
+        if len(self._open) > self.max_open:
+            os.close(self._open.popitem(last=False)[1])
+        return fd
+
+    def read(self, shard: str, offset: int, size: int, member: str) -> bytes:
+        """The member's bytes, after checking the tar header before them names this size."""
+        if offset < BLOCK or size < 0:
+            raise MediaError(f"{shard}: member {member}: offset {offset} and size {size} are not a tar member's")
+        fd = self._descriptor(shard, member)
+        data = os.pread(fd, size + BLOCK, offset - BLOCK)
+        if len(data) < size + BLOCK:
+            raise MediaError(
+                f"{shard}: member {member} is truncated (the shard ends before byte {offset + size} of it)"
+            )
+        try:
+            info = tarfile.TarInfo.frombuf(data[:BLOCK], "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            info = None
+        if info is None or info.size != size:
+            raise MediaError(f"{shard}: member {member}: no tar header of its size at offset {offset - BLOCK}")
+        return data[BLOCK:]
+
+    def image(self, shard: str, offset: int, size: int, member: str) -> np.ndarray:
+        """The member decoded as cv2.imread reads a file: BGR uint8."""
+        data = self.read(shard, offset, size, member)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            image = None
+        if image is None:
+            raise MediaError(f"{shard}: member {member} is not a readable image")
+        return image
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._open.values():
+                os.close(fd)
+        self._open.clear()
