@@ -73,7 +73,6 @@ logger = logging.getLogger("recce")
 
 CROPS_DIR = "crops"
 PARTS_DIR = "parts"
-SHARDS_DIR = "shards"
 PART_METADATA_KEY = b"recce.extract"
 NO_DETECTOR = "none"
 SAMPLING_MODES = ("uniform", "every", "all")
@@ -471,7 +470,7 @@ class _Packer:
     closed, with a rows file named after it (so a rerun can tell a shard no record names)."""
 
     def __init__(self, out: Path, tag: str, limit: int, record: ExtractRecord) -> None:
-        folder = out / SHARDS_DIR
+        folder = out / packed.SHARDS_DIR
         referenced = {name.removesuffix(".parquet") + ".tar" for name in record.rows_files()}
         first = packed.remove_unreferenced(folder, tag, referenced)
         self.out, self.record = out, record
@@ -484,7 +483,7 @@ class _Packer:
         start = self.writer.size if self.writer.is_open else 0
         offsets = self.writer.add(members)
         try:
-            shard = f"{SHARDS_DIR}/{self.writer.name}"
+            shard = f"{packed.SHARDS_DIR}/{self.writer.name}"
             for row, (_, data), offset in zip(rows, members, offsets, strict=True):
                 row.update(shard=shard, offset=offset, size=len(data))
             table = _rows_table(rows)

@@ -14,20 +14,31 @@ never half a shard under a final name.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import logging
 import os
 import re
 import tarfile
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
+from recce.data import manifest
 from recce.data.video import MediaError
+from recce.locks import OutputLock
+
+logger = logging.getLogger("recce")
 
 BLOCK = tarfile.BLOCKSIZE
+SHARDS_DIR = "shards"  # beside the manifest: shards/<manifest name>-NNNNNN.tar
 DEFAULT_PACK_MB = 1024  # shard size cap; see README "Packed crops" for the choice
 MAX_OPEN = 32  # shard files one process keeps open
 _REGULAR = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.?(?:/|$))(?!.*//)[^\x00]+$")  # relative, no `.`/`..`/empty segment
@@ -217,3 +228,90 @@ class ShardReader:
             for fd in self._open.values():
                 os.close(fd)
         self._open.clear()
+
+
+@dataclass
+class PackSummary:
+    manifest: Path
+    rows: int  # packed
+    shards: int
+    bytes: int  # in the shards
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (crop, reason), left out of the new manifest
+
+    @property
+    def failures_file(self) -> Path:
+        return self.manifest.with_name(f"{self.manifest.stem}-pack-failures.csv")
+
+
+def pack_manifest(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    limit: int = DEFAULT_PACK_MB * 2**20,
+    group_videos: bool = False,
+    progress: bool = True,
+) -> PackSummary:
+    """Pack the crops of an existing manifest into tar shards in `out_dir`, with a manifest of the same name there.
+
+    Rows keep the manifest's order (with `group_videos`, each video's rows move up to its first row, so its frames
+    lie together) and every column, `path` included (the crop's name, and its augmentation seed in training);
+    `shard`, `offset` and `size` say where its bytes now are. The bytes are copied, not decoded, so the pixels are
+    the files'. A crop that cannot be read is left out, listed in `<name>-pack-failures.csv` and counted.
+    Already packed rows are copied from their shards. Shards are renamed into place when closed, and the manifest
+    is written last, so a killed run leaves no manifest pointing at unfinished shards; its rerun starts over.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    frame = manifest.read(source)
+    target = out_dir / source.name
+    if target.exists():
+        raise PackError(f"{target}: already exists; pack into another folder or delete it first")
+    if group_videos:
+        videos = pd.factorize(frame["dataset"].astype(str) + "\x1f" + frame["video"].astype(str))[0]
+        frame = frame.iloc[np.argsort(videos, kind="stable")].reset_index(drop=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out_dir, "recce manifest pack"):
+        prefix = source.stem
+        folder = out_dir / SHARDS_DIR
+        writer = ShardWriter(folder, prefix, limit, remove_unreferenced(folder, prefix, ()))
+        reader = ShardReader()
+        shards = np.full(len(frame), None, dtype=object)
+        offsets = np.zeros(len(frame), dtype=np.int64)
+        sizes = np.zeros(len(frame), dtype=np.int64)
+        failures: list[tuple[str, str]] = []
+        packed_rows = frame["shard"].notna().to_numpy(dtype=bool) if "shard" in frame else np.zeros(len(frame), bool)
+        paths, files, names = frame["path"].astype(str).tolist(), frame["abspath"].tolist(), []
+        for row in tqdm(range(len(frame)), unit="crop", desc=f"pack {source.name}", disable=None if progress else True):
+            try:
+                data = _crop_bytes(frame, row, reader) if packed_rows[row] else Path(files[row]).read_bytes()
+            except (OSError, MediaError) as error:
+                reason = str(error) if isinstance(error, MediaError) else f"{files[row]}: {error.strerror or error}"
+                failures.append((paths[row], reason))
+                logger.warning("%s", reason)
+                continue
+            if not data:
+                failures.append((paths[row], f"{files[row]}: empty file"))
+                logger.warning("%s: empty file", files[row])
+                continue
+            (offsets[row],) = writer.add([(member_name(paths[row]), data)])
+            shards[row], sizes[row] = f"{SHARDS_DIR}/{writer.name}", len(data)
+            if writer.full:
+                names.append(writer.close())
+        if writer.is_open:
+            names.append(writer.close())
+        reader.close()
+        kept = shards != None  # noqa: E711 (element-wise)
+        result = frame.drop(columns=[c for c in ("abspath", manifest.SHARD_ABSPATH) if c in frame])[kept]
+        result = result.assign(shard=shards[kept], offset=offsets[kept], size=sizes[kept])
+        summary = PackSummary(target, int(kept.sum()), len(names), sum(p.stat().st_size for p in names), failures)
+        if failures:
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows([("path", "reason"), *failures])
+            summary.failures_file.write_text(buffer.getvalue(), encoding="utf-8")
+        manifest.write(result, target)
+    return summary
+
+
+def _crop_bytes(frame: pd.DataFrame, row: int, reader: ShardReader) -> bytes:
+    shard = str(frame[manifest.SHARD_ABSPATH].iat[row])
+    path = str(frame["path"].iat[row])
+    return reader.read(shard, int(frame["offset"].iat[row]), int(frame["size"].iat[row]), member_name(path))
