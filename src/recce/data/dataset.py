@@ -212,6 +212,11 @@ class ManifestDataset(Dataset):
         shards = self._packed.nbytes if self._packed is not None else 0
         return sum(c.nbytes for c in columns) + self._labels.nbytes + self._frames.nbytes + landmarks + shards
 
+    @property
+    def shard_codes(self) -> np.ndarray | None:
+        """Each row's tar shard as a code (-1: a crop stored as a file), or None when no crop is packed."""
+        return self._packed.codes if self._packed is not None else None
+
     def path(self, index: int) -> str:
         """The crop's file."""
         if self._root is None:

@@ -230,6 +230,18 @@ class ShardReader:
         self._open.clear()
 
 
+def missing_crops(frame: pd.DataFrame) -> list[str]:
+    """One entry per row of a `manifest.read` frame whose crop file or shard file is not there: the file."""
+    packed = frame[manifest.SHARD_ABSPATH].notna() if manifest.SHARD_ABSPATH in frame else None
+    files = frame["abspath"] if packed is None else frame.loc[~packed, "abspath"]
+    missing = [p for p in files if not os.path.isfile(p)]
+    if packed is not None:
+        shards = frame.loc[packed, manifest.SHARD_ABSPATH].astype(str)
+        present = {s: os.path.isfile(s) for s in shards.unique()}
+        missing += [s for s in shards if not present[s]]
+    return missing
+
+
 @dataclass
 class PackSummary:
     manifest: Path
