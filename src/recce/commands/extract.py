@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     output.add_argument(
         "--pack-size",
-        type=int,
+        type=float,
         default=None,
         metavar="MB",
         help="with --pack: close a shard at this size (default 1024) or at 256 videos, whichever comes first",
@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.pack_size is not None and not args.pack:
             raise ExtractError("--pack-size needs --pack")
-        pack_size = (args.pack_size or DEFAULT_PACK_MB) * 2**20 if args.pack else None
+        pack_size = (
+            round((DEFAULT_PACK_MB if args.pack_size is None else args.pack_size) * 2**20) if args.pack else None
+        )
         shard_range = parse_shard(args.shard) if args.shard else None
         settings = ExtractSettings(
             sampling=sampling,

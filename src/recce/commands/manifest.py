@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     pack.add_argument("manifest", help="manifest whose crops to pack")
     pack.add_argument("out_dir", help="folder for the shards (shards/*.tar) and the new manifest")
-    pack.add_argument("--pack-size", type=int, default=None, metavar="MB", help="close a shard at this size (1024)")
+    pack.add_argument("--pack-size", type=float, default=None, metavar="MB", help="close a shard at this size (1024)")
     pack.add_argument(
         "--group-by-video", action="store_true", help="put each video's crops together (default: manifest order)"
     )
@@ -138,7 +138,7 @@ def _pack(args: argparse.Namespace) -> int:
         summary = pack_manifest(
             args.manifest,
             args.out_dir,
-            limit=(args.pack_size or DEFAULT_PACK_MB) * 2**20,
+            limit=round((DEFAULT_PACK_MB if args.pack_size is None else args.pack_size) * 2**20),
             group_videos=args.group_by_video,
             progress=not args.no_progress,
         )
