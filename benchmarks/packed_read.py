@@ -6,7 +6,8 @@ reads every crop in one process, three ways, in the same run:
 
 - files, random order: the baseline (what training reads today, `data.order: shuffle`);
 - shards, random order: the same global shuffle from the tar shards (one positioned read a crop);
-- shards, shard order: `data.order: shards` (EpochSampler: shards shuffled, rows shuffled within a window of 4).
+- shards, shard order: `data.order: shards` (EpochSampler: shards shuffled, rows shuffled within a window of 4);
+- shards, manifest order: sequential, as evaluation reads a packed manifest.
 
 Each way twice: the bytes alone (the I/O part: `Path.read_bytes` against `ShardReader.read`) and the training path
 (`ManifestDataset.load_image`: read + PNG decode), each cold and warm. Cold: every crop file and shard is synced and
@@ -15,7 +16,7 @@ files are dropped); on a virtual machine the host may still cache the disk, so c
 page cache". Warm: the same pass again at once. Also printed: files opened and read syscalls (/proc/self/io syscr)
 per crop.
 
-    python benchmarks/packed_read.py --crops 2000 --pack-mb 64
+    python benchmarks/packed_read.py --crops 2000 --pack-mb 16
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ from recce.engine.sampler import EpochSampler  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--crops", type=int, default=2000, help="crops written and read (N)")
-    parser.add_argument("--pack-mb", type=float, default=64, help="shard size (recce's default is 1024)")
+    parser.add_argument("--pack-mb", type=float, default=16, help="shard size (recce's default is 1024)")
     parser.add_argument("--window", type=int, default=4, help="data.shard_window for the shard order")
+    parser.add_argument("--repeats", type=int, default=3, help="passes of each measurement; the median is shown")
     parser.add_argument("--dir", help="where to write the crops (default: a temporary folder, deleted after)")
     return parser.parse_args(argv)
 
@@ -71,13 +73,20 @@ def evict(paths: list[str]) -> None:
             os.close(fd)
 
 
-def timed(read: Callable[[int], object], order: np.ndarray) -> tuple[float, int]:
-    """Seconds for reading every row of `order`, and the read syscalls it made."""
-    calls = read_syscalls()
-    start = time.perf_counter()
-    for row in order:
-        read(int(row))
-    return time.perf_counter() - start, read_syscalls() - calls
+def timed(
+    read: Callable[[int], object], order: np.ndarray, before: Callable[[], None], repeats: int
+) -> tuple[float, int]:
+    """Median seconds for reading every row of `order` (after `before()` each time), and the read syscalls a pass."""
+    times = []
+    for _ in range(repeats):
+        before()
+        calls = read_syscalls()
+        start = time.perf_counter()
+        for row in order:
+            read(int(row))
+        times.append(time.perf_counter() - start)
+        calls = read_syscalls() - calls
+    return float(np.median(times)), calls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,12 +127,20 @@ def main(argv: list[str] | None = None) -> int:
                 lambda i: reader.read(shards[i], int(offsets[i]), int(sizes[i]), members[i]),
                 packed.load_image,
             ),
+            (
+                "shards",
+                "manifest order",
+                np.arange(len(frame)),
+                lambda i: reader.read(shards[i], int(offsets[i]), int(sizes[i]), members[i]),
+                packed.load_image,
+            ),
         ]
         print(f"# packed_read: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
         print(f"file system: {folder} ({os.statvfs(folder).f_bsize} B blocks)")
         print(f"crops: {args.crops} PNG 299 px, {total_bytes / 2**20:.0f} MiB, {total_bytes / args.crops / 1e3:.0f} kB")
         print(f"shards: {summary.shards} of <= {args.pack_mb:g} MiB; shard order window {args.window}")
+        print(f"each figure: the median of {args.repeats} passes over all crops; cv2 threads 1")
         print(f"recce manifest pack: {pack_s:.1f} s ({args.crops / pack_s:.0f} crops/s, warm source files)")
         print()
         print("| layout | order | what | cache | crops/s | MB/s | files opened | read syscalls/crop |")
@@ -132,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             opened = args.crops if layout == "files" else len(shard_files)
             for what, read in (("bytes", read_bytes), ("read + decode", load)):
                 for cache in ("cold", "warm"):
-                    if cache == "cold":
-                        evict(crop_files if layout == "files" else shard_files)
-                    seconds, calls = timed(read, order)
+                    paths = crop_files if layout == "files" else shard_files
+                    before = (lambda paths=paths: evict(paths)) if cache == "cold" else (lambda: None)
+                    seconds, calls = timed(read, order, before, args.repeats)
                     print(
                         f"| {layout} | {order_name} | {what} | {cache} | {args.crops / seconds:.0f} | "
                         f"{total_bytes / seconds / 1e6:.0f} | {opened} | {calls / args.crops:.1f} |",

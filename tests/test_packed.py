@@ -191,6 +191,8 @@ def test_pack_converts_a_file_extraction(files, packed, tmp_path, capsys):
     source = files / "manifest.parquet"
     assert main(["manifest", "pack", str(source), str(tmp_path / "a"), "--no-progress"]) == 0
     assert "32 crops in 1 shards" in capsys.readouterr().out
+    assert main(["manifest", "info", str(tmp_path / "a" / "manifest.parquet")]) == 0
+    assert "storage: 32 crops in 1 tar shards, 0 files" in capsys.readouterr().out
     _same_crops(tmp_path / "a" / "manifest.parquet", source)
     # the same crops packed by the extraction: the same shard bytes (members in another order aside)
     with tarfile.open(tmp_path / "a" / "shards" / "manifest-000000.tar") as tar:
@@ -317,6 +319,12 @@ def test_training_and_evaluation_read_packed_crops_as_files(tiny, tmp_path, one_
         assert main(["evaluate", *common, "--manifest", str(path), "--out", str(tmp_path / f"eval-{name}")]) == 0
     scores = [pd.read_csv(tmp_path / f"eval-{name}" / "scores.csv") for name in ("files", "packed")]
     pd.testing.assert_frame_equal(scores[0].drop(columns="abspath"), scores[1].drop(columns=LOCATION))
+    for name, path in (("files", source), ("packed", packed_manifest)):
+        argv = ["visualize", "--checkpoint", checkpoint, "--manifest", str(path), "--limit", "2", "--device", "cpu"]
+        assert main([*argv, "--out", str(tmp_path / f"maps-{name}")]) == 0
+    panels = [sorted((tmp_path / f"maps-{name}").glob("*.png")) for name in ("files", "packed")]
+    assert len(panels[0]) == 2 and [p.name for p in panels[0]] == [p.name for p in panels[1]]
+    assert (tmp_path / "maps-files" / "index.md").read_text() == (tmp_path / "maps-packed" / "index.md").read_text()
     # a missing shard is refused before scoring, naming it
     (packed_manifest.parent / manifest.read(packed_manifest)["shard"].iloc[-1]).rename(tmp_path / "moved.tar")
     assert main(["evaluate", *common, "--manifest", str(packed_manifest), "--out", str(tmp_path / "e")]) == 2

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             merged = manifest.merge(args.inputs, args.out)
             print(f"{args.out}: {len(merged)} crops from {len(args.inputs)} manifests")
             return 0
-        frame = manifest.read(args.manifest, columns=[*SUMMARY_COLUMNS, manifest.LANDMARKS_SOURCE])  # no paths
+        frame = manifest.read(args.manifest, columns=[*SUMMARY_COLUMNS, manifest.LANDMARKS_SOURCE, "shard"])
     except manifest.ManifestError as error:
         print(f"recce manifest: {error}", file=sys.stderr)
         return 2
@@ -85,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if len(frame):
         print(describe(frame).to_string(index=False))
     print(f"face landmarks: {landmark_counts(frame)}")
+    if "shard" in frame.columns:
+        packed = frame["shard"].notna()
+        print(
+            f"storage: {int(packed.sum())} crops in {frame['shard'].nunique()} tar shards, {int((~packed).sum())} files"
+        )
     return 0
 
 
