@@ -80,8 +80,9 @@ def _same_crops(packed_manifest: Path, files_manifest: Path) -> None:
         np.testing.assert_array_equal(crops.load_image(i), reference.load_image(i))
 
 
-def test_packed_extraction_has_the_files_bytes_and_standard_tars(files, packed):
+def test_packed_extraction_has_the_files_bytes_and_standard_tars(videos, files, packed):
     _same_crops(packed / "manifest.parquet", files / "manifest.parquet")
+    assert extract(videos, packed, *PACK, "--scale", "1.5") == 2  # recorded with other settings: refused
     frame = manifest.read(packed / "manifest.parquet")
     assert not (packed / "crops").exists() and not list((packed / "parts" / "folder").glob("*.parquet"))
     shards = _shards(packed)
@@ -97,6 +98,25 @@ def test_packed_extraction_has_the_files_bytes_and_standard_tars(files, packed):
                 member = members[row.path]
                 assert (member.offset_data, member.size) == (row.offset, row.size)
                 assert tar.extractfile(member).read() == (files / row.path).read_bytes()
+
+
+def test_extraction_shards_pack_their_own_tars_and_merge(videos, files, tmp_path):
+    out = tmp_path / "out"
+    for k in (1, 2):
+        assert extract(videos, out, *PACK, "--shard", f"{k}/2") == 0
+    names = {p.name.rsplit("-", 1)[0] for p in _shards(out)}
+    assert names == {"manifest-shard-1-of-2", "manifest-shard-2-of-2"} and len(_shards(out)) == 8
+    parts = [out / f"manifest-shard-{k}-of-2.parquet" for k in (1, 2)]
+    assert main(["manifest", "merge", str(tmp_path / "merged" / "manifest.parquet"), *map(str, parts)]) == 0
+    merged = manifest.read(tmp_path / "merged" / "manifest.parquet")
+    assert merged["shard"].str.startswith("../out/shards/manifest-shard-").all()
+    reference = manifest.read(files / "manifest.parquet")
+    pd.testing.assert_frame_equal(
+        merged.drop(columns=[*LOCATION, "path"]), reference.drop(columns=["abspath", "path"]), check_like=True
+    )
+    crops, expected = ManifestDataset(merged), ManifestDataset(reference)
+    for i in range(len(crops)):
+        np.testing.assert_array_equal(crops.load_image(i), expected.load_image(i))
 
 
 def test_shard_order_is_reproducible_windowed_and_resumes_mid_epoch():

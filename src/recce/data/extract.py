@@ -236,7 +236,7 @@ def _check_settings(out: Path, dataset: str, settings: ExtractSettings, record: 
     """Record the settings; refuse other ones once an item was finished (a part file, or recorded) with them."""
     path = out / PARTS_DIR / dataset / "settings.json"
     current = asdict(settings)
-    finished = any(path.parent.glob("*.parquet")) or any(key.startswith(f"{dataset}/") for key in record.finished())
+    finished = any(path.parent.glob("*.parquet")) or record.has_items(f"{dataset}/")
     if path.is_file() and finished:
         saved = json.loads(path.read_text(encoding="utf-8"))
         changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}

@@ -84,6 +84,11 @@ class ExtractRecord:
             for key, rows_file, detector, no_face in self._db.execute(query)
         }
 
+    def has_items(self, prefix: str) -> bool:
+        """Whether an item whose key starts with `prefix` is recorded (one indexed lookup)."""
+        query = "SELECT 1 FROM items WHERE key >= ? AND key < ? LIMIT 1"
+        return self._db.execute(query, (prefix, prefix + "\U0010ffff")).fetchone() is not None
+
     def rows_files(self) -> set[str]:
         """The rows files the record names."""
         return {name for (name,) in self._db.execute("SELECT DISTINCT rows_file FROM items")}
