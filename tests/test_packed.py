@@ -219,6 +219,9 @@ def test_pack_converts_a_file_extraction(files, packed, tmp_path, capsys):
         assert len(tar.getmembers()) == 32
     assert main(["manifest", "pack", str(source), str(tmp_path / "a"), "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
+    other = manifest.write(manifest.read(tmp_path / "a" / "manifest.parquet"), tmp_path / "a" / "other.parquet")
+    assert main(["manifest", "pack", str(other), str(packed), "--no-progress"]) == 2
+    assert "holds an extraction (parts/record.sqlite)" in capsys.readouterr().err
     # a missing and an empty crop: named, listed, counted; the rest packed
     broken = tmp_path / "broken"
     frame = manifest.read(source)
@@ -349,6 +352,21 @@ def test_training_and_evaluation_read_packed_crops_as_files(tiny, tmp_path, one_
     (packed_manifest.parent / manifest.read(packed_manifest)["shard"].iloc[-1]).rename(tmp_path / "moved.tar")
     assert main(["evaluate", *common, "--manifest", str(packed_manifest), "--out", str(tmp_path / "e")]) == 2
     (tmp_path / "moved.tar").rename(packed_manifest.parent / manifest.read(packed_manifest)["shard"].iloc[-1])
+
+
+def test_landmarks_are_added_to_a_packed_manifest_as_to_files(tiny, tmp_path):
+    from recce.data.faces import build_detector
+    from recce.data.landmarks import add_landmarks
+
+    results = []
+    for path in tiny:
+        target = path.with_name(f"landmarks-{tmp_path.name}.parquet")
+        summary = add_landmarks(path, build_detector("haar"), out=target, redo=True, progress=False)
+        assert summary.rows == summary.todo == 64 and not summary.failures
+        results.append(manifest.read(target))
+    assert results[1]["shard"].notna().all()
+    for column in (manifest.LANDMARKS_SOURCE, manifest.LANDMARKS):
+        assert [str(v) for v in results[0][column]] == [str(v) for v in results[1][column]]
 
 
 def test_merged_manifest_mixes_files_and_shards(tiny, tmp_path):

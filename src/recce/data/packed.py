@@ -138,27 +138,20 @@ class ShardWriter:
         return final
 
 
-def shard_numbers(folder: Path, prefix: str) -> dict[int, Path]:
-    """The closed shards `<prefix>-NNNNNN.tar` in `folder` by number."""
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{6,}})\.tar$")
-    if not folder.is_dir():
-        return {}
-    return {int(m[1]): path for path in folder.iterdir() if (m := pattern.match(path.name))}
-
-
 def remove_unreferenced(folder: Path, prefix: str, referenced: Iterable[str]) -> int:
-    """Delete this prefix's temporary shards and closed shards no record names (a kill between the rename and the
-    record's commit); the next free number."""
-    if folder.is_dir():
-        for path in folder.glob(f".{prefix}-*.tar.tmp"):
+    """Delete this prefix's temporary shards and the closed ones not `referenced` (a kill between the rename and
+    the record's commit); the next free shard number. Other prefixes' shards (other extraction shards) are kept."""
+    pattern = re.compile(rf"^(\.?){re.escape(prefix)}-(\d{{6,}})\.tar(\.tmp)?$")
+    keep, numbers = set(referenced), [-1]
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if not (match := pattern.match(path.name)):
+            continue
+        closed = not match[1] and not match[3]
+        if closed and path.name in keep:
+            numbers.append(int(match[2]))
+        elif bool(match[1]) == bool(match[3]):  # a temporary `.<name>.tar.tmp` or an unreferenced shard
             path.unlink(missing_ok=True)
-    keep = set(referenced)
-    numbers = shard_numbers(folder, prefix)
-    for number, path in list(numbers.items()):
-        if path.name not in keep:
-            path.unlink(missing_ok=True)
-            del numbers[number]
-    return max(numbers, default=-1) + 1
+    return max(numbers) + 1
 
 
 class ShardReader:
@@ -229,6 +222,9 @@ class ShardReader:
                 os.close(fd)
         self._open.clear()
 
+    def __del__(self) -> None:
+        self.close()
+
 
 def missing_crops(frame: pd.DataFrame) -> list[str]:
     """One entry per row of a `manifest.read` frame whose crop file or shard file is not there: the file."""
@@ -270,13 +266,16 @@ def pack_manifest(
     `shard`, `offset` and `size` say where its bytes now are. The bytes are copied, not decoded, so the pixels are
     the files'. A crop that cannot be read is left out, listed in `<name>-pack-failures.csv` and counted.
     Already packed rows are copied from their shards. Shards are renamed into place when closed, and the manifest
-    is written last, so a killed run leaves no manifest pointing at unfinished shards; its rerun starts over.
+    is written last, so a killed run leaves no manifest pointing at unfinished shards; its rerun starts over
+    (deleting the shards the killed run left, so `out_dir` must not be an extraction's output folder).
     """
     source, out_dir = Path(source), Path(out_dir)
     frame = manifest.read(source)
     target = out_dir / source.name
     if target.exists():
         raise PackError(f"{target}: already exists; pack into another folder or delete it first")
+    if (out_dir / "parts" / "record.sqlite").exists():  # recce.data.extract's record: its shards are not ours
+        raise PackError(f"{out_dir}: holds an extraction (parts/record.sqlite); pack into a folder of its own")
     if group_videos:
         videos = pd.factorize(frame["dataset"].astype(str) + "\x1f" + frame["video"].astype(str))[0]
         frame = frame.iloc[np.argsort(videos, kind="stable")].reset_index(drop=True)
