@@ -36,7 +36,7 @@ LANDMARKS_SOURCE = "landmarks_source"  # detected (face detector), box (placed i
 # crop's bytes lie in it; null for a crop stored as its own file at `path`.
 PACKED_COLUMNS: dict[str, str] = {"shard": "string", "offset": "Int64", "size": "Int64"}
 OPTIONAL_COLUMNS = (LANDMARKS, LANDMARKS_SOURCE, *PACKED_COLUMNS)
-SHARD_ABSPATH = "shard_abspath"  # added by `read` beside `abspath` when the manifest has packed crops
+SHARD_ABSPATH = "shard_abspath"  # added by `read` beside `abspath` when the manifest has packed crops (categorical)
 
 
 ARROW_STRING = pd.StringDtype("pyarrow")  # "string" with pandas >= 3: one buffer, no Python object per row
@@ -121,7 +121,9 @@ def read(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.Da
     if "abspath" in wanted:
         frame["abspath"] = absolute_paths(frame["path"], path.resolve().parent)
         if "shard" in frame.columns:
-            frame[SHARD_ABSPATH] = absolute_paths(frame["shard"], path.resolve().parent)
+            shards = pd.Categorical(frame["shard"])  # a few hundred shards: joined once each, held as codes
+            joined = absolute_paths(pd.Series(shards.categories, dtype=ARROW_STRING), path.resolve().parent)
+            frame[SHARD_ABSPATH] = pd.Categorical.from_codes(shards.codes, joined.to_numpy(dtype=object))
             wanted = [*wanted, SHARD_ABSPATH, *PACKED_COLUMNS]
     frame = frame[[c for c in (*known, "abspath", SHARD_ABSPATH) if c in wanted and c in frame.columns]]
     frame.attrs["path"] = str(path)  # so a reader of a selection can still name the file in its messages
