@@ -24,7 +24,7 @@ from media import write_face_video, write_tiny_manifest
 from recce.cli import main
 from recce.data import manifest
 from recce.data.dataset import ManifestDataset
-from recce.data.packed import member_name, pack_manifest
+from recce.data.packed import ShardReader, member_name, pack_manifest
 from recce.data.video import MediaError
 from recce.engine.config import ConfigError, load_config
 from recce.engine.sampler import EpochSampler
@@ -293,6 +293,19 @@ def test_a_damaged_shard_is_one_line_naming_shard_and_member(packed, tmp_path):
     intact = ManifestDataset(frame.iloc[list(rows[second.name][2:])].assign(**{manifest.SHARD_ABSPATH: str(second)}))
     loader = __import__("torch").utils.data.DataLoader(intact, batch_size=2, num_workers=1)
     assert sum(len(labels) for _, labels in loader) == len(intact)
+
+
+def test_a_reader_keeps_a_bounded_number_of_shards_open(files, packed):
+    frame = manifest.read(packed / "manifest.parquet")
+    descriptors = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = descriptors()
+    reader = ShardReader(max_open=3)
+    for row in frame.itertuples():  # 8 shards, each visited in turn
+        data = reader.read(row.shard_abspath, row.offset, row.size, row.path)
+        assert data == (files / row.path).read_bytes()
+        assert descriptors() - before <= 3
+    reader.close()
+    assert descriptors() == before
 
 
 def test_member_names_never_leave_the_folder():
