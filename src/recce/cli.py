@@ -14,8 +14,10 @@ from recce import __version__
 
 # sub-command -> its one-line help; the module recce.commands.<name> has `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
-    "extract": "extract face crops from a dataset's videos into a manifest (resumable, parallel, shardable)",
-    "manifest": "merge manifests (e.g. extraction shards), show what a manifest holds, or add face landmarks to it",
+    "extract": "extract face crops from a dataset's videos into a manifest (resumable, parallel, shardable; "
+    "--pack: into tar shards)",
+    "manifest": "merge manifests (e.g. extraction shards), show what a manifest holds, add face landmarks to it, or "
+    "pack its crops into tar shards",
     "synth": "generate the synthetic face-forgery benchmark (face crops and manifest) into a folder",
     "train": "train a detector from a YAML config, e.g. configs/recce/ffpp_c23.yaml (multi-GPU: torchrun)",
     "evaluate": "evaluate checkpoints: within/cross-dataset, cross-manipulation (Table 4) or robustness (Table 5)",

@@ -25,8 +25,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from recce.checkpoints import unwrap
-from recce.data.dataset import row_seed
-from recce.data.video import read_image
+from recce.data.dataset import ManifestDataset, row_seed
 from recce.engine.evaluate import SeededPerturbation, atomic_path
 from recce.engine.inference import FaceMaps, score_images
 
@@ -121,11 +120,12 @@ def manifest_items(frame: pd.DataFrame, limit: int) -> list[FaceItem]:
     videos = frame.drop_duplicates(["dataset", "method", "video"])
     by_label = [rows.reset_index(drop=True) for _, rows in videos.groupby("label", sort=True)]
     chosen = pd.concat(by_label).sort_index(kind="stable").head(limit)
+    crops = ManifestDataset(chosen)  # reads files and packed crops alike
     items = []
-    for row in chosen.itertuples():
+    for index, row in enumerate(chosen.itertuples()):
         kind = "fake" if row.label == 1 else "real"
         title = f"{row.dataset}/{row.video} frame {row.frame} ({kind}, {row.method})"
-        items.append(FaceItem(row.path, read_image(row.abspath), title, getattr(row, "landmarks", None)))
+        items.append(FaceItem(row.path, crops.load_image(index), title, getattr(row, "landmarks", None)))
     return items
 
 

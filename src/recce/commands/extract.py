@@ -79,6 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output and execution")
     output.add_argument("--format", dest="image_format", choices=["png", "jpg"], default="png")
     output.add_argument("--jpeg-quality", type=int, default=95)
+    output.add_argument(
+        "--pack",
+        action="store_true",
+        help="write the crops into tar shards (shards/*.tar, WebDataset-style, members named as the crop files) "
+        "that the manifest points into, instead of one file per crop; training and evaluation read either",
+    )
+    output.add_argument(
+        "--pack-size",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="with --pack: close a shard at this size (default 1024) or at 256 videos, whichever comes first",
+    )
     output.add_argument("--workers", type=int, default=0, help="worker processes; 0 = in this process")
     output.add_argument(
         "--shard", help="K/N with K counted from 1 (1/4 ... 4/4): videos K, K+N, K+2N, ... of the sorted list"
@@ -137,6 +150,7 @@ def index_options(args: argparse.Namespace) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     from recce.data.extract import ExtractError, ExtractSettings, extract, output_names, parse_shard
     from recce.data.indexers import DatasetLayoutError
+    from recce.data.packed import DEFAULT_PACK_MB
     from recce.locks import LockHeld
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -145,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
     if whole_sequences:
         sampling = "all"
     try:
+        if args.pack_size is not None and not args.pack:
+            raise ExtractError("--pack-size needs --pack")
+        pack_size = (
+            round((DEFAULT_PACK_MB if args.pack_size is None else args.pack_size) * 2**20) if args.pack else None
+        )
         shard_range = parse_shard(args.shard) if args.shard else None
         settings = ExtractSettings(
             sampling=sampling,
@@ -171,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             shard=shard_range,
             progress=not args.no_progress,
+            pack_size=pack_size,
             **({"max_pixels": args.max_pixels} if args.max_pixels is not None else {}),
         )
     except (ExtractError, DatasetLayoutError, LockHeld, ValueError, OSError) as error:

@@ -1,4 +1,5 @@
-"""`recce manifest`: merge shard manifests into one, summarise a manifest, add face landmarks to one."""
+"""`recce manifest`: merge shard manifests into one, summarise a manifest, add face landmarks to one, pack its
+crops into tar shards."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge.add_argument("inputs", nargs="+", metavar="IN", help="manifests to merge")
     info = actions.add_parser("info", help="rows, videos and crops by dataset, split, label and method")
     info.add_argument("manifest", help="manifest to describe")
+    pack = actions.add_parser(
+        "pack",
+        help="copy a manifest's crops into WebDataset-style tar shards in OUT_DIR, with a manifest of the same name "
+        "there pointing into them (no re-extraction; the bytes, hence the pixels, are the files')",
+    )
+    pack.add_argument("manifest", help="manifest whose crops to pack")
+    pack.add_argument("out_dir", help="folder for the shards (shards/*.tar) and the new manifest")
+    pack.add_argument("--pack-size", type=float, default=None, metavar="MB", help="close a shard at this size (1024)")
+    pack.add_argument(
+        "--group-by-video", action="store_true", help="put each video's crops together (default: manifest order)"
+    )
+    pack.add_argument("--no-progress", action="store_true", help="no progress bar")
     marks = actions.add_parser(
         "landmarks",
         help="add five face landmarks per crop (for face-mask detectors such as Add-Net) by running the face "
@@ -57,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "landmarks":
             return _landmarks(args)
+        if args.action == "pack":
+            return _pack(args)
         if args.action == "merge":
             merged = manifest.merge(args.inputs, args.out)
             print(f"{args.out}: {len(merged)} crops from {len(args.inputs)} manifests")
             return 0
-        frame = manifest.read(args.manifest, columns=[*SUMMARY_COLUMNS, manifest.LANDMARKS_SOURCE])  # no paths
+        frame = manifest.read(args.manifest, columns=[*SUMMARY_COLUMNS, manifest.LANDMARKS_SOURCE, "shard"])
     except manifest.ManifestError as error:
         print(f"recce manifest: {error}", file=sys.stderr)
         return 2
@@ -70,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if len(frame):
         print(describe(frame).to_string(index=False))
     print(f"face landmarks: {landmark_counts(frame)}")
+    if "shard" in frame.columns:
+        packed = frame["shard"].notna()
+        print(
+            f"storage: {int(packed.sum())} crops in {frame['shard'].nunique()} tar shards, {int((~packed).sum())} files"
+        )
     return 0
 
 
@@ -111,5 +131,27 @@ def _landmarks(args: argparse.Namespace) -> int:
     print('  sources: "detected" by the face detector, "box" placed in its box (Haar), "crop" no face found')
     if summary.failures:
         print(f"  {len(summary.failures)} crops could not be read and still have none, e.g. {summary.failures[0][0]}")
+        return 1
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from recce.data.packed import DEFAULT_PACK_MB, pack_manifest
+    from recce.locks import LockHeld
+
+    try:
+        summary = pack_manifest(
+            args.manifest,
+            args.out_dir,
+            limit=round((DEFAULT_PACK_MB if args.pack_size is None else args.pack_size) * 2**20),
+            group_videos=args.group_by_video,
+            progress=not args.no_progress,
+        )
+    except (ValueError, OSError, LockHeld) as error:  # ManifestError and PackError are ValueErrors
+        print(f"recce manifest: {error}", file=sys.stderr)
+        return 2
+    print(f"{summary.manifest}: {summary.rows} crops in {summary.shards} shards ({summary.bytes / 2**20:.1f} MiB)")
+    if summary.failures:
+        print(f"  {len(summary.failures)} crops could not be read and were left out: see {summary.failures_file}")
         return 1
     return 0

@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from recce.data import manifest
+from recce.data import manifest, packed
 from recce.data.faces.mask import as_landmarks, render_mask
 from recce.data.video import MediaError
 from recce.detectors.base import Preprocess
@@ -129,9 +129,10 @@ class ManifestDataset(Dataset):
     Only the columns training and scoring use are kept (`COLUMNS`), compactly: crop paths as one Arrow string
     buffer with the manifest's folder held once, repeated strings as categorical codes, numbers as small
     integers: about 70 bytes a DFDC row (benchmarks/scale.py); with `preprocess.face_mask`, the face landmarks
-    too (40 bytes a row). `frame` rebuilds those columns (not the face box, detector or its score) as a DataFrame
-    on demand. Every process of a distributed run holds all rows: the
-    training sampler draws each rank's share from a permutation of the whole epoch.
+    too (40 bytes a row); for packed crops (recce.data.packed), the shard as a categorical code and the member's
+    offset and size (14 bytes a row). `frame` rebuilds those columns (not the face box, detector or its score) as a
+    DataFrame on demand. Every process of a distributed run holds all rows: the training sampler draws each rank's
+    share from a permutation of the whole epoch.
     """
 
     COLUMNS = ("path", "dataset", "split", "video", "frame", "label", "method", "compression")
@@ -155,7 +156,8 @@ class ManifestDataset(Dataset):
             source, frame = frame_or_path.attrs.get("path", "manifest frame"), frame_or_path
             root = _common_root(frame)
         else:
-            columns = (*self.COLUMNS, manifest.LANDMARKS) if preprocess.face_mask else self.COLUMNS
+            columns = (*self.COLUMNS, *manifest.PACKED_COLUMNS)
+            columns = (*columns, manifest.LANDMARKS) if preprocess.face_mask else columns
             source, frame = str(frame_or_path), manifest.read(frame_or_path, columns=columns)
             root = str(Path(frame_or_path).resolve().parent)
         filters = {"datasets": datasets, "splits": splits, "methods": methods, "compressions": compressions}
@@ -178,6 +180,7 @@ class ManifestDataset(Dataset):
         self._meta = {c: _Strings(frame[c], categorical=True) for c in META_COLUMNS if c != "frame"}
         self._source = source
         self._landmarks = _landmarks(frame, source) if preprocess.face_mask else None
+        self._packed = _Packed(frame, root) if "shard" in frame and frame["shard"].notna().any() else None
         del frame
         pa.default_memory_pool().release_unused()  # hand the read's transient buffers back to the system
 
@@ -195,6 +198,8 @@ class ManifestDataset(Dataset):
         )
         if self._landmarks is not None:
             frame[manifest.LANDMARKS] = pd.Series(list(self._landmarks), dtype=object)
+        if self._packed is not None:
+            frame = frame.assign(**self._packed.columns())
         frame.attrs["path"] = self._source
         return frame
 
@@ -204,7 +209,13 @@ class ManifestDataset(Dataset):
         separate = self._abspaths is not None and self._abspaths is not self._keys
         columns = [self._keys, *self._meta.values(), *([self._abspaths] if separate else [])]
         landmarks = self._landmarks.nbytes if self._landmarks is not None else 0
-        return sum(c.nbytes for c in columns) + self._labels.nbytes + self._frames.nbytes + landmarks
+        shards = self._packed.nbytes if self._packed is not None else 0
+        return sum(c.nbytes for c in columns) + self._labels.nbytes + self._frames.nbytes + landmarks + shards
+
+    @property
+    def shard_codes(self) -> np.ndarray | None:
+        """Each row's tar shard as a code (-1: a crop stored as a file), or None when no crop is packed."""
+        return self._packed.codes if self._packed is not None else None
 
     def path(self, index: int) -> str:
         """The crop's file."""
@@ -221,13 +232,10 @@ class ManifestDataset(Dataset):
 
     def load_image(self, index: int) -> np.ndarray:
         """The crop as RGB uint8 after the optional perturbation, before resizing."""
-        path = self.path(index)
-        try:
-            image = cv2.imread(path, cv2.IMREAD_COLOR)
-        except cv2.error:  # e.g. a header claiming more pixels than OpenCV's limit
-            image = None
-        if image is None:
-            raise MediaError(f"{path}: crop is missing or not a readable image")
+        if self._packed is not None and self._packed.codes[index] >= 0:
+            image = self._packed.image(index, self._keys[index])
+        else:
+            image = _read_file(self.path(index))
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         if self.perturbation is not None:
             image = self.perturbation(image, row_seed(self._keys[index]))
@@ -259,6 +267,56 @@ class ManifestDataset(Dataset):
             return image, label
         meta = {name: int(self._frames[index]) if name == "frame" else self._meta[name][index] for name in META_COLUMNS}
         return image, label, {"path": self.path(index), **meta, "index": index}
+
+
+def _read_file(path: str) -> np.ndarray:
+    try:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV's limit
+        image = None
+    if image is None:
+        raise MediaError(f"{path}: crop is missing or not a readable image")
+    return image
+
+
+class _Packed:
+    """Where the packed rows' crops lie: shard codes (-1: a crop stored as a file), member offsets and sizes, and
+    a reader that opens the shards in the process that reads."""
+
+    def __init__(self, frame: pd.DataFrame, root: str | None) -> None:
+        shards = pd.Categorical(frame["shard"].astype(manifest.ARROW_STRING))
+        self.codes = shards.codes
+        self.names = shards.categories.to_numpy(dtype=object)  # as in the manifest, relative to its folder
+        if manifest.SHARD_ABSPATH in frame:
+            first = pd.Series(np.arange(len(frame))).groupby(self.codes).first().drop(-1, errors="ignore")
+            self.files = frame[manifest.SHARD_ABSPATH].iloc[first.to_numpy()].to_numpy(dtype=object)
+        else:
+            self.files = np.array([str(Path(root) / n) if root else n for n in self.names], dtype=object)
+        self.offsets = frame["offset"].fillna(-1).to_numpy(dtype=np.int64)
+        self.sizes = frame["size"].fillna(-1).to_numpy(dtype=np.int32)
+        self.reader = packed.ShardReader()
+
+    def image(self, index: int, path: str) -> np.ndarray:
+        code = self.codes[index]
+        return self.reader.image(
+            self.files[code], int(self.offsets[index]), int(self.sizes[index]), packed.member_name(path)
+        )
+
+    def columns(self) -> dict[str, pd.Series]:
+        def strings(categories: np.ndarray) -> pd.Series:
+            return pd.Series(pd.Categorical.from_codes(self.codes, categories)).astype(manifest.ARROW_STRING)
+
+        return {
+            "shard": strings(self.names),
+            manifest.SHARD_ABSPATH: strings(self.files),
+            "offset": pd.Series(self.offsets, dtype="Int64").where(self.codes >= 0),
+            "size": pd.Series(self.sizes.astype(np.int64), dtype="Int64").where(self.codes >= 0),
+        }
+
+    @property
+    def nbytes(self) -> int:
+        names = sum(len(n) + len(f) for n, f in zip(self.names, self.files, strict=True))
+        return self.codes.nbytes + self.offsets.nbytes + self.sizes.nbytes + names
 
 
 def _landmarks(frame: pd.DataFrame, source: str) -> np.ndarray:

@@ -15,6 +15,14 @@ Output folder layout (O):
 - `manifest.parquet`, `failures.csv` (path, reason) and `no_face.csv` (frames where no face was kept);
   a shard K of N writes `manifest-shard-K-of-N.parquet`, `failures-shard-K-of-N.csv` and so on.
 
+With `pack` (`recce extract --pack`), the crops go into tar shards instead of files (see recce.data.packed):
+`shards/<manifest name>-NNNNNN.tar`, members named by the crop's path above, and the manifest rows point into them
+(`shard`, `offset`, `size`). Workers return an item's encoded crops and rows instead of writing them; this process
+alone appends them to the open shard, which is closed (renamed from its temporary name) once it reaches the pack
+size or holds RECORD_BATCH items, and its items are then recorded with a rows file named after it. So a kill
+leaves at most one temporary shard (deleted on the next start) and a closed shard no record names (deleted too);
+the items in them are redone, recorded ones never. Each `--shard K/N` writes its own tar files.
+
 A video id too long for a file name (over NAME_LIMIT bytes once quoted, e.g. 32 CJK characters) or with
 characters some file systems refuse names its part `#<sha256 of the id>.parquet` and its crops
 `crops/<dataset>/#hashed/<sha256>/`; the manifest keeps the id itself.
@@ -50,7 +58,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from recce.data import manifest
+from recce.data import manifest, packed
 from recce.data.extract_record import BATCH as RECORD_BATCH
 from recce.data.extract_record import ExtractRecord
 from recce.data.faces import FaceDetector, build_detector, choose_face, crop_face
@@ -121,6 +129,7 @@ class ItemOutcome:
     failed: str = ""  # the reason, when the item could not be read
     frames: int = 0
     faces: int = 0
+    packed: tuple[list[tuple[str, bytes]], list[dict], dict] | None = None  # with pack: crops, rows, part metadata
 
 
 @dataclass
@@ -223,11 +232,12 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> N
     _replace_atomically(path, buffer.getvalue().encode("utf-8"))
 
 
-def _check_settings(out: Path, dataset: str, settings: ExtractSettings) -> None:
-    """Record the settings; refuse other ones once an item was finished with the recorded ones."""
+def _check_settings(out: Path, dataset: str, settings: ExtractSettings, record: ExtractRecord) -> None:
+    """Record the settings; refuse other ones once an item was finished (a part file, or recorded) with them."""
     path = out / PARTS_DIR / dataset / "settings.json"
     current = asdict(settings)
-    if path.is_file() and any(path.parent.glob("*.parquet")):
+    finished = any(path.parent.glob("*.parquet")) or record.has_items(f"{dataset}/")
+    if path.is_file() and finished:
         saved = json.loads(path.read_text(encoding="utf-8"))
         changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
         if changed:
@@ -253,13 +263,16 @@ def _init_worker(
     max_pixels: int,
     threads: int,
     parent: int | None,
+    pack: bool = False,
 ) -> None:
     if parent is not None:
         die_with_parent(parent)  # a killed run must not leave workers writing into the folder
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
         cv2.setNumThreads(threads)
         torch.set_num_threads(threads)
-    _worker.update(settings=settings, out=out, detector=None, batch_size=batch_size, max_pixels=max_pixels, error=None)
+    _worker.update(
+        settings=settings, out=out, detector=None, batch_size=batch_size, max_pixels=max_pixels, error=None, pack=pack
+    )
     if settings.detector == NO_DETECTOR:
         return
     try:
@@ -287,18 +300,23 @@ def _clear_crops(folder: Path) -> None:
                 path.unlink()
 
 
-def _write_crop(path: Path, crop: np.ndarray, settings: ExtractSettings) -> None:
+def _encode_crop(path: Path, crop: np.ndarray, settings: ExtractSettings) -> bytes:
+    """The crop file's bytes, the same whether written as a file or packed into a shard."""
     params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
     ok, encoded = cv2.imencode(f".{settings.image_format}", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise RuntimeError(f"{path}: OpenCV could not encode the crop")
-    _replace_atomically(path, encoded.tobytes())
+    return encoded.tobytes()
+
+
+def _rows_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pandas(manifest.to_frame(rows), preserve_index=False)
 
 
 def _write_part(path: Path, rows: list[dict], metadata: dict, tmp_dir: Path) -> None:
     """The item's rows, and its metadata in the Parquet footer; the temporary file sits among the item's crops,
     where a redo of the item deletes it if a kill left it."""
-    table = pa.Table.from_pandas(manifest.to_frame(rows), preserve_index=False)
+    table = _rows_table(rows)
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), PART_METADATA_KEY: json.dumps(metadata).encode("utf-8")}
     )
@@ -315,12 +333,14 @@ def extract_item(
     detector: FaceDetector | None,
     batch_size: int = 16,
     max_pixels: int = MAX_PIXELS,
+    pack: bool = False,
 ) -> ItemOutcome:
-    """Crop the faces of one item and write its part; a failure is the item's, reported, and leaves no crops."""
+    """Crop the faces of one item and write its part (with `pack`: return its crops and rows instead); a failure
+    is the item's, reported, and leaves no crops."""
     folder = crop_dir(out, item)
     _clear_crops(folder)
     try:
-        return _extract_item(item, settings, out, folder, detector, batch_size, max_pixels)
+        return _extract_item(item, settings, out, folder, detector, batch_size, max_pixels, pack)
     except MediaError as error:
         failed = str(error)
     except Exception as error:  # any library's failure on a hostile file is that file's, never the run's
@@ -337,12 +357,15 @@ def _extract_item(
     detector: FaceDetector | None,
     batch_size: int,
     max_pixels: int,
+    pack: bool,
 ) -> ItemOutcome:
     length = media_length(item.source, item.kind, max_pixels)
     indices = sample_indices(length, settings.sampling, settings.frames, settings.every)
     detector_name = detector.name if detector is not None else NO_DETECTOR
-    folder.mkdir(parents=True, exist_ok=True)
+    if not pack:
+        folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    members: list[tuple[str, bytes]] = []
     no_face: list[int] = []
     for batch in _batches(read_media(item.source, item.kind, indices, max_pixels), batch_size):
         found = detector.detect([frame for _, frame in batch]) if detector is not None else [None] * len(batch)
@@ -360,11 +383,15 @@ def _extract_item(
                 points, source = face_landmarks(face)
                 points = crop_landmarks(points, box, frame.shape[:2], settings.scale, settings.edge)
                 landmarks = {manifest.LANDMARKS: points.reshape(10), manifest.LANDMARKS_SOURCE: source}
-            name = f"{index:06d}.{settings.image_format}"
-            _write_crop(folder / name, crop, settings)
+            path = folder / f"{index:06d}.{settings.image_format}"
+            encoded = _encode_crop(path, crop, settings)
+            if pack:
+                members.append((path.relative_to(out).as_posix(), encoded))
+            else:
+                _replace_atomically(path, encoded)
             rows.append(
                 {
-                    "path": (folder / name).relative_to(out).as_posix(),
+                    "path": path.relative_to(out).as_posix(),
                     "dataset": item.dataset,
                     "split": item.split,
                     "video": item.video,
@@ -382,15 +409,19 @@ def _extract_item(
                 }
             )
     metadata = {"source": str(item.source), "detector": detector_name, "sampled": indices, "no_face": no_face}
-    _write_part(part_path(out, item), rows, metadata, tmp_dir=folder)
-    return ItemOutcome(source=str(item.source), frames=len(indices), faces=len(rows))
+    outcome = ItemOutcome(source=str(item.source), frames=len(indices), faces=len(rows))
+    if pack:
+        outcome.packed = (members, rows, metadata)
+    else:
+        _write_part(part_path(out, item), rows, metadata, tmp_dir=folder)
+    return outcome
 
 
 def _run_item(item: MediaItem) -> ItemOutcome:
     if _worker["error"] is not None:
         raise _worker["error"]
     w = _worker
-    return extract_item(item, w["settings"], w["out"], w["detector"], w["batch_size"], w["max_pixels"])
+    return extract_item(item, w["settings"], w["out"], w["detector"], w["batch_size"], w["max_pixels"], w["pack"])
 
 
 def _process(
@@ -402,14 +433,15 @@ def _process(
     device: str | None,
     batch_size: int,
     max_pixels: int,
+    pack: bool,
 ) -> Iterator[ItemOutcome]:
     if workers == 0:
-        _init_worker(settings, out, device, batch_size, max_pixels, threads=0, parent=None)
+        _init_worker(settings, out, device, batch_size, max_pixels, threads=0, parent=None, pack=pack)
         yield from map(_run_item, todo)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # safe with torch and CUDA, and the same on every OS
-    initargs = (settings, out, device, batch_size, max_pixels, threads, os.getpid())
+    initargs = (settings, out, device, batch_size, max_pixels, threads, os.getpid(), pack)
     with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(_run_item, todo, chunksize=1)
 
@@ -431,6 +463,45 @@ def absorb(record: ExtractRecord, out: Path, items: Iterable[MediaItem]) -> None
                 (record_key(out, item), table.replace_schema_metadata(None), metadata["detector"], metadata["no_face"])
             )
         record.absorb(parts)
+
+
+class _Packer:
+    """This process's side of `pack`: appends finished items' crops to the open shard and records them once it is
+    closed, with a rows file named after it (so a rerun can tell a shard no record names)."""
+
+    def __init__(self, out: Path, tag: str, limit: int, record: ExtractRecord) -> None:
+        folder = out / packed.SHARDS_DIR
+        referenced = {name.removesuffix(".parquet") + ".tar" for name in record.rows_files()}
+        first = packed.remove_unreferenced(folder, tag, referenced)
+        self.out, self.record = out, record
+        self.writer = packed.ShardWriter(folder, tag, limit, first)
+        self.pending: list[tuple[str, pa.Table, str, list[int]]] = []
+        self.closed: Path | None = None  # the closed shard whose items are not recorded yet
+
+    def add(self, item: MediaItem, outcome: ItemOutcome) -> None:
+        members, rows, metadata = outcome.packed
+        start = self.writer.size if self.writer.is_open else 0
+        offsets = self.writer.add(members)
+        try:
+            shard = f"{packed.SHARDS_DIR}/{self.writer.name}"
+            for row, (_, data), offset in zip(rows, members, offsets, strict=True):
+                row.update(shard=shard, offset=offset, size=len(data))
+            table = _rows_table(rows)
+            self.pending.append((record_key(self.out, item), table, metadata["detector"], metadata["no_face"]))
+        except BaseException:
+            self.writer.truncate(start)
+            raise
+        if self.writer.full or len(self.pending) >= RECORD_BATCH:
+            self.commit()
+
+    def commit(self) -> None:
+        """Close the open shard and record its items (again after an interruption: recording is idempotent)."""
+        if self.writer.is_open:
+            self.closed = self.writer.close()
+        if self.pending and self.closed is not None:  # None: closing was interrupted, the items are redone
+            self.record.absorb(self.pending, stem=self.closed.stem)
+        self.pending.clear()
+        self.closed = None
 
 
 def _file_state(path: Path) -> list[int] | None:
@@ -505,23 +576,27 @@ def extract(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
     max_pixels: int = MAX_PIXELS,
+    pack_size: int | None = None,
 ) -> ExtractSummary:
     """Extract face crops of a dataset into `out`, resuming finished items; Ctrl-C still writes the manifest.
 
     workers=0 runs in this process; otherwise a spawn pool of that many processes, each with its own detector.
     Images and frames over `max_pixels` are refused (reported as failures) before they are decoded.
+    `pack_size` (bytes) packs the crops into tar shards of about that size instead of writing files.
     """
     if workers < 0 or batch_size <= 0 or max_pixels <= 0:
         raise ExtractError("workers must be >= 0, batch size and pixel limit > 0")
+    if pack_size is not None and pack_size <= 0:
+        raise ExtractError(f"pack size must be positive, got {pack_size} bytes")
     out = Path(out)
     with ExitStack() as held:
         for lock in output_lock(out, shard):
             held.enter_context(lock)
-        _check_settings(out, dataset, settings)
+        tag = output_names(shard)["manifest"].removesuffix(".parquet")
+        record = held.enter_context(ExtractRecord(out / PARTS_DIR, tag))
+        _check_settings(out, dataset, settings, record)
         _remove_stale_outputs(out, shard)
-        record = held.enter_context(
-            ExtractRecord(out / PARTS_DIR, output_names(shard)["manifest"].removesuffix(".parquet"))
-        )
+        packer = _Packer(out, tag, pack_size, record) if pack_size is not None else None
         result = index_dataset(dataset, Path(root), **(index_options or {}))
         items = shard_items(result.items, shard)
         recorded = record.finished().keys()
@@ -535,7 +610,14 @@ def extract(
         run.failures = list(result.skipped)
         bar = tqdm(total=len(todo), unit="video", desc=f"extract {dataset}", disable=None if progress else True)
         outcomes = _process(
-            todo, settings, out, workers=workers, device=device, batch_size=batch_size, max_pixels=max_pixels
+            todo,
+            settings,
+            out,
+            workers=workers,
+            device=device,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            pack=packer is not None,
         )
         try:
             for outcome in outcomes:
@@ -548,7 +630,11 @@ def extract(
                     run.done += 1
                     run.frames += outcome.frames
                     run.faces += outcome.faces
-                    finished.append(unreported.pop(outcome.source))
+                    item = unreported.pop(outcome.source)
+                    if packer is not None:
+                        packer.add(item, outcome)
+                    else:
+                        finished.append(item)
                     if len(finished) == RECORD_BATCH:
                         absorb(record, out, finished)
                         finished.clear()
@@ -561,6 +647,8 @@ def extract(
             bar.close()
             stopped = [item for item in unreported.values() if part_path(out, item).is_file()]  # as the run stopped
             absorb(record, out, finished + stopped)
+            if packer is not None:
+                packer.commit()
             run.collected = collect(out, items, shard, record)
             _write_csv(out / output_names(shard)["failures"], ("path", "reason"), run.failures)
         return run

@@ -71,7 +71,7 @@ class ExtractRecord:
         self.close()
 
     def _remove_orphans(self) -> None:
-        named = {name for (name,) in self._db.execute("SELECT DISTINCT rows_file FROM items")}
+        named = self.rows_files()
         for path in (self.root / ROWS_DIR).iterdir():
             if path.name.startswith((f"{self.tag}-", f".{self.tag}-")) and path.name not in named:
                 path.unlink(missing_ok=True)
@@ -84,14 +84,26 @@ class ExtractRecord:
             for key, rows_file, detector, no_face in self._db.execute(query)
         }
 
-    def absorb(self, parts: Sequence[tuple[str, pa.Table, str, list[int]]]) -> None:
-        """Record finished items (key, manifest rows, detector, no-face frames): rows file first, then one commit."""
+    def has_items(self, prefix: str) -> bool:
+        """Whether an item whose key starts with `prefix` is recorded (one indexed lookup)."""
+        query = "SELECT 1 FROM items WHERE key >= ? AND key < ? LIMIT 1"
+        return self._db.execute(query, (prefix, prefix + "\U0010ffff")).fetchone() is not None
+
+    def rows_files(self) -> set[str]:
+        """The rows files the record names."""
+        return {name for (name,) in self._db.execute("SELECT DISTINCT rows_file FROM items")}
+
+    def absorb(self, parts: Sequence[tuple[str, pa.Table, str, list[int]]], stem: str | None = None) -> None:
+        """Record finished items (key, manifest rows, detector, no-face frames): rows file first, then one commit.
+
+        `stem` names the rows file (`<stem>.parquet`, e.g. after the crops' tar shard; it must start with the
+        tag); by default a fresh unique name."""
         if not parts:
             return
         tables = [
             table.append_column(KEY_COLUMN, pa.array([key] * len(table), pa.string())) for key, table, *_ in parts
         ]
-        name = f"{self.tag}-{uuid.uuid4().hex}.parquet"
+        name = f"{stem or f'{self.tag}-{uuid.uuid4().hex}'}.parquet"
         path = self.root / ROWS_DIR / name
         tmp = path.with_name(f".{name}.tmp")
         pq.write_table(pa.concat_tables(tables, promote_options="default"), tmp)

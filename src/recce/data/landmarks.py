@@ -15,14 +15,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from recce.data import manifest
+from recce.data.dataset import ManifestDataset
 from recce.data.faces import FaceDetector, choose_face
 from recce.data.faces.mask import LANDMARKS_ASSUMED, box_landmarks, face_landmarks
+from recce.data.video import MediaError
 
 logger = logging.getLogger("recce")
 
@@ -79,6 +80,7 @@ def add_landmarks(
     landmarks = list(frame[manifest.LANDMARKS])
     sources = frame[manifest.LANDMARKS_SOURCE].astype(object).tolist()
     todo = [i for i, value in enumerate(landmarks) if redo or value is None]
+    crops = ManifestDataset(frame)  # reads files and packed crops alike
     summary = LandmarksSummary(manifest=target, rows=len(frame), todo=len(todo))
 
     def save() -> None:
@@ -90,15 +92,15 @@ def add_landmarks(
     for start in tqdm(range(0, len(todo), batch_size), desc="landmarks", unit="batch", disable=not progress):
         rows, images = [], []
         for row in todo[start : start + batch_size]:
-            crop_path = frame["abspath"].iat[row]
-            image = cv2.imread(crop_path, cv2.IMREAD_COLOR)
-            if image is None:
-                summary.failures.append((crop_path, "crop is missing or not a readable image"))
-                logger.warning("%s: crop is missing or not a readable image", crop_path)
+            try:
+                image = crops.load_image(row)
+            except MediaError as error:
+                summary.failures.append((frame["abspath"].iat[row], str(error)))
+                logger.warning("%s", error)
                 landmarks[row], sources[row] = None, ""
                 continue
             rows.append(row)
-            images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+            images.append(image)
         for row, image, faces in zip(rows, images, detector.detect(images) if images else [], strict=True):
             points, source = crop_face_landmarks(image, faces, scale)
             landmarks[row], sources[row] = points.reshape(10), source

@@ -32,7 +32,11 @@ COLUMNS: dict[str, str] = {
 # Optional columns: kept when present, absent from manifests made before them (every reader copes without).
 LANDMARKS = "landmarks"  # 10 floats: five (x, y) face points in the crop, normalised to [0, 1]; null when unknown
 LANDMARKS_SOURCE = "landmarks_source"  # detected (face detector), box (placed in its box), crop (no face found)
-OPTIONAL_COLUMNS = (LANDMARKS, LANDMARKS_SOURCE)
+# Packed crops (recce.data.packed): the tar shard holding the crop, relative to the manifest's folder, and where the
+# crop's bytes lie in it; null for a crop stored as its own file at `path`.
+PACKED_COLUMNS: dict[str, str] = {"shard": "string", "offset": "Int64", "size": "Int64"}
+OPTIONAL_COLUMNS = (LANDMARKS, LANDMARKS_SOURCE, *PACKED_COLUMNS)
+SHARD_ABSPATH = "shard_abspath"  # added by `read` beside `abspath` when the manifest has packed crops (categorical)
 
 
 ARROW_STRING = pd.StringDtype("pyarrow")  # "string" with pandas >= 3: one buffer, no Python object per row
@@ -81,7 +85,8 @@ def _optional(frame: pd.DataFrame) -> pd.DataFrame:
         frame[LANDMARKS] = pd.Series([_points(v) for v in frame[LANDMARKS]], index=frame.index, dtype=object)
     if LANDMARKS_SOURCE in frame.columns:
         frame[LANDMARKS_SOURCE] = frame[LANDMARKS_SOURCE].astype(ARROW_STRING).fillna("")
-    return frame
+    packed = {c: (ARROW_STRING if dtype == "string" else dtype) for c, dtype in PACKED_COLUMNS.items() if c in frame}
+    return frame.astype(packed) if packed else frame
 
 
 def _points(value) -> np.ndarray | None:
@@ -102,7 +107,8 @@ def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def read(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read and validate a manifest; adds `abspath`, the crop's absolute path.
+    """Read and validate a manifest; adds `abspath`, the crop's absolute path, and for packed crops
+    `shard_abspath`, the absolute path of their shard (null for crops stored as files).
 
     `columns` reads only those (in canonical order; `abspath` only when listed), e.g. for a summary that needs
     no paths; the file must still hold every manifest column. Optional columns come when the file has them.
@@ -110,10 +116,16 @@ def read(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.Da
     path = Path(path)
     wanted = [*COLUMNS, *OPTIONAL_COLUMNS, "abspath"] if columns is None else list(columns)
     known = (*COLUMNS, *OPTIONAL_COLUMNS)
-    frame = _read_columns(path, [c for c in known if c in wanted or (c == "path" and "abspath" in wanted)])
+    needed = {"path", *PACKED_COLUMNS} if "abspath" in wanted else set()
+    frame = _read_columns(path, [c for c in known if c in wanted or c in needed])
     if "abspath" in wanted:
         frame["abspath"] = absolute_paths(frame["path"], path.resolve().parent)
-    frame = frame[[c for c in (*known, "abspath") if c in wanted and c in frame.columns]]
+        if "shard" in frame.columns:
+            shards = pd.Categorical(frame["shard"])  # a few hundred shards: joined once each, held as codes
+            joined = absolute_paths(pd.Series(shards.categories, dtype=ARROW_STRING), path.resolve().parent)
+            frame[SHARD_ABSPATH] = pd.Categorical.from_codes(shards.codes, joined.to_numpy(dtype=object))
+            wanted = [*wanted, SHARD_ABSPATH, *PACKED_COLUMNS]
+    frame = frame[[c for c in (*known, "abspath", SHARD_ABSPATH) if c in wanted and c in frame.columns]]
     frame.attrs["path"] = str(path)  # so a reader of a selection can still name the file in its messages
     return frame
 
@@ -186,7 +198,9 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> pd.Data
     frames = []
     for p in paths:
         frame = _read_columns(Path(p), [*COLUMNS, *OPTIONAL_COLUMNS])
-        frame["path"] = _rebased(frame["path"], Path(p).resolve().parent, out_root)
+        for column in ("path", "shard"):
+            if column in frame.columns:
+                frame[column] = _rebased(frame[column], Path(p).resolve().parent, out_root)
         frames.append(frame)
     if not frames:
         raise ManifestError("no manifests to merge")

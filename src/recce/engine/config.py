@@ -54,6 +54,8 @@ class DataSection:
     flip_p: float = 0.5  # probability of a horizontal flip in training
     balance: bool = True  # each epoch: all of the smaller class and as many random frames of the larger one
     workers: int = 4  # DataLoader worker processes (0: load in the training process)
+    order: str = "shuffle"  # shuffle: global (the paper's); shards: packed crops read a window of shards at a time
+    shard_window: int = 4  # with order shards: rows are shuffled within this many consecutive shards
     val_limit: int | None = None  # validate on at most this many frames (a fixed random subset)
 
 
@@ -160,6 +162,7 @@ class TrainConfig:
 
 
 OPTIMIZERS = ("adam", "adamw")
+DATA_ORDERS = ("shuffle", "shards")
 SELECT_METRICS = {"auc": True, "acc": True, "ap": True, "log_loss": False, "eer": False}  # name -> higher is better
 
 
@@ -311,6 +314,13 @@ def _check_ranges(config: TrainConfig) -> None:
             "an integer in 0 .. 2**32 - 1025",
         ),
         ("data.flip_p", d.flip_p, _number(d.flip_p) and 0 <= d.flip_p <= 1, "a probability in [0, 1]"),
+        ("data.order", d.order, d.order in DATA_ORDERS, f"one of {', '.join(DATA_ORDERS)}"),
+        (
+            "data.shard_window",
+            d.shard_window,
+            isinstance(d.shard_window, int) and not isinstance(d.shard_window, bool) and d.shard_window > 0,
+            "a positive integer",
+        ),
         (
             "data.val_limit",
             d.val_limit,

@@ -29,7 +29,7 @@ from torch import nn
 
 from recce import checkpoints
 from recce.catalogue import file_sha256
-from recce.data import manifest
+from recce.data import manifest, packed
 from recce.data.dataset import ManifestDataset
 from recce.data.perturb import LEVELS, SEED_TABLE5, SEQUENCE_KINDS, Perturbation, perturb_sequence, stable_seed
 from recce.detectors import Detector, Preprocess, detector_class
@@ -239,7 +239,7 @@ def select_frames(
         }
         given = ", ".join(f"{k}={' '.join(v)}" for k, v in filters.items() if v)
         raise EvaluationError(f"{manifest_path}: no rows match ({given})")
-    missing = [p for p in chosen["abspath"] if not os.path.isfile(p)]
+    missing = packed.missing_crops(chosen)
     if missing:
         raise EvaluationError(f"{manifest_path}: {len(missing)} of {len(chosen)} crops are missing, e.g. {missing[0]}")
     return chosen

@@ -2,7 +2,9 @@
 
 Each epoch's order is a pure function of (seed, epoch), and each drawn row carries its own augmentation seed, so a
 run resumed from a checkpoint sees exactly the batches and flips the uninterrupted run would have seen, whatever
-the number of DataLoader workers.
+the number of DataLoader workers. The order is a global shuffle (the paper's), or with `groups` (each row's tar
+shard, packed crops) a shuffle of the shards and of the rows within each window of `window` consecutive shards,
+so the processes read a few shards at a time rather than the whole dataset at random.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        groups: np.ndarray | None = None,
+        window: int = 4,
     ):
         self.labels = np.asarray(labels)
+        self.groups = None if groups is None else np.asarray(groups)
+        self.window = window
         self.batch_size = batch_size
         self.balance = balance
         self.seed = seed
@@ -43,7 +49,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
             real, fake = rows[self.labels == 0], rows[self.labels == 1]
             small, large = (real, fake) if len(real) <= len(fake) else (fake, real)
             rows = np.concatenate([small, rng.choice(large, size=len(small), replace=False)])
-        rows = rng.permutation(rows)
+        rows = rng.permutation(rows) if self.groups is None else shard_order(rows, self.groups[rows], rng, self.window)
         global_batch = self.batch_size * self.world_size
         if len(rows) < global_batch:  # a tiny dataset: repeat it to fill one batch per process
             rows = np.resize(rows, global_batch)
@@ -67,3 +73,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         return (self.batches_per_epoch() - self.start_batch) * self.batch_size
+
+
+def shard_order(rows: np.ndarray, groups: np.ndarray, rng: np.random.Generator, window: int) -> np.ndarray:
+    """`rows` with their groups (shards) in a random order, shuffled within each window of `window` groups."""
+    names, group = np.unique(groups, return_inverse=True)
+    position = rng.permutation(len(names))[group]  # each group's place in the epoch
+    return rows[np.lexsort((rng.random(len(rows)), position // window))]

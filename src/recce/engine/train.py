@@ -129,6 +129,18 @@ def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset
     return train_set, val_set
 
 
+def shard_groups(dataset: ManifestDataset, config: TrainConfig) -> np.ndarray | None:
+    """Each row's tar shard for `data.order: shards` (crops outside shards form one group), else None."""
+    if config.data.order != "shards":
+        return None
+    if dataset.shard_codes is None:
+        raise ConfigError(
+            f"{config.data.manifest}: data.order=shards needs packed crops (`recce extract --pack`, or "
+            "`recce manifest pack` on this manifest); use data.order=shuffle for crops stored as files"
+        )
+    return dataset.shard_codes
+
+
 def _lr_lambda(optim, step_size: int) -> Any:
     """Linear warm-up, then x gamma every `step_size` iterations counted after the warm-up (as the official trainer)."""
 
@@ -194,6 +206,8 @@ class Trainer:
             seed=t.seed,
             rank=self.context.rank,
             world_size=self.context.world_size,
+            groups=shard_groups(self.train_set, config),
+            window=config.data.shard_window,
         )
         self.step_size = o.step_size
         if o.step_epochs is not None:  # resolved from this run's data, so the schedule follows the extracted size
