@@ -55,6 +55,7 @@ class DataSection:
     balance: bool = True  # each epoch: all of the smaller class and as many random frames of the larger one
     workers: int = 4  # DataLoader worker processes (0: load in the training process)
     val_limit: int | None = None  # validate on at most this many frames (a fixed random subset)
+    shared_rows: bool = True  # rows memory-mapped from <train.out>/rows/, shared by a node's processes
 
 
 @dataclass
