@@ -9,7 +9,14 @@ Builds synthetic manifests in the project's schema, shaped like DFDC (32 frames 
   `python -m recce manifest info M`, and the command's module alone (what a CLI importing only the chosen
   command costs);
 - `evaluate`: `recce.metrics.evaluate_scores` with 1000 bootstrap resamples (frame CI clustered by video);
-- `dataset`: `ManifestDataset(M, splits=["train"])` construction, training start-up, with its bytes per row.
+- `dataset`: `ManifestDataset(M, splits=["train"])` construction, training start-up, with its bytes per row: "ours"
+  reads only the kept columns with the split filter pushed into the Parquet read; "read all" is the path before it
+  (`manifest.read` of every column, then the selection); "ours (shared)" is `recce.data.rows.shared_rows`, the
+  first process writing the memory-mapped copy ("build") and the others mapping it ("map").
+- `ranks`: W processes (`--ranks`, default 4) alive at once, each building the training dataset as a distributed
+  run's processes do and reading the path and label of its share of an epoch's rows; each reports its private
+  memory growth (USS: Private_Clean + Private_Dirty of /proc/self/smaps_rollup) and its PSS growth, "in memory"
+  (each process reads the manifest itself) against "shared" (every process maps one `shared_rows` copy).
 - `resume`: `recce.data.extract.extract` (folder dataset, `--detector none`) rerun over an output folder where every
   video is finished and nothing is left to do; sized in videos (`--resume-videos`, 32 crops a video), its part files
   faked from the synthetic manifest and its media empty files. "ours (migrates)" is the first run over the folder as
@@ -27,6 +34,7 @@ intervals. Peak memory is the growth of the process's peak RSS over its RSS befo
     python benchmarks/scale.py --huge           # adds 4M rows
     python benchmarks/scale.py --sizes 10000 100000 --steps evaluate --no-baseline
     python benchmarks/scale.py --steps resume --resume-videos 10000 100000
+    python benchmarks/scale.py --steps dataset ranks --ranks 4
 """
 
 from __future__ import annotations
@@ -58,7 +66,9 @@ REAL_FRACTION = 0.16  # DFDC: about 19k real of 119k training videos
 TEST_FRACTION = 0.04  # 5k test of 124k videos
 TRAIN_PARTS = 50
 N_BOOT = 1000
-STEPS = ("read", "merge", "info", "evaluate", "dataset")
+STEPS = ("read", "merge", "info", "evaluate", "dataset", "ranks")
+DATASET_IMPLS = ("ours", "read all", "ours (shared, build)", "ours (shared, map)")
+RANK_IMPLS = ("in memory", "shared")
 RESUME_IMPLS = ("baseline", "ours (migrates)", "ours")
 SHARDS = 4
 
@@ -309,7 +319,11 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
     shards = [shard_path(folder, n_rows, k) for k in range(SHARDS)]
     scores = pd.read_parquet(folder / f"{n_rows}" / "scores.parquet") if step == "evaluate" else None
     if step == "dataset":
+        from recce.data import rows as compact
         from recce.data.dataset import ManifestDataset  # imports torch: before the measurement
+
+        cache = folder / f"{n_rows}" / "rows-train.arrow"
+        train = compact.Selection.of(splits=["train"])
     if step == "resume":
         from recce.data import extract  # imports torch: before the measurement
 
@@ -348,8 +362,13 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
             extra.update(todo=summary.done + summary.failed, manifest_rows=summary.collected.rows)
             return summary
         if step == "dataset":
-            if impl == "ours":
-                dataset = ManifestDataset(path, splits=["train"])
+            if impl != "baseline":
+                if impl == "ours":
+                    dataset = ManifestDataset(path, splits=["train"])
+                elif impl == "read all":
+                    dataset = ManifestDataset(manifest.read(path), splits=["train"])
+                else:
+                    dataset = ManifestDataset(compact.shared_rows(path, cache, train))
                 extra.update(rows=len(dataset), held=dataset.nbytes)
                 return dataset
             state, rows, held = baseline_dataset(path)
@@ -371,6 +390,68 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
     kept = _status("VmRSS") - before
     del kept_alive
     return {"seconds": seconds, "peak": peak, "kept": kept, **extra}
+
+
+def _private() -> dict[str, int]:
+    """This process's private (USS) and proportional (PSS) resident bytes."""
+    values = {}
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                values[name] = int(rest.split()[0]) * 1024
+    return {"uss": values["Private_Clean"] + values["Private_Dirty"], "pss": values["Pss"]}
+
+
+def rank_child(impl: str, folder: Path, n_rows: int, rank: int, world: int, meeting: Path) -> dict:
+    """One process of a simulated distributed start-up: its private memory growth with all `world` alive."""
+    from recce.data import rows
+    from recce.data.dataset import ManifestDataset
+    from recce.engine.sampler import EpochSampler
+
+    def meet(name: str) -> None:  # a barrier through files: every process measures while all are alive
+        (meeting / f"{name}-{rank}").touch()
+        while len(list(meeting.glob(f"{name}-*"))) < world:
+            time.sleep(0.05)
+
+    path = folder / f"{n_rows}" / "manifest.parquet"
+    meet("imported")
+    before = _private()
+    start = time.perf_counter()
+    if impl == "shared":
+        cache = folder / f"{n_rows}" / "rows-train.arrow"
+        dataset = ManifestDataset(rows.shared_rows(path, cache, rows.Selection.of(splits=["train"])))
+    else:
+        dataset = ManifestDataset(path, splits=["train"])
+    sampler = EpochSampler(dataset.labels, 32, rank=rank, world_size=world)
+    touched = sum(len(dataset.path(row)) + int(dataset.labels[row]) for row, _ in sampler)  # an epoch's share
+    seconds = time.perf_counter() - start
+    del sampler
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    meet("touched")
+    after = _private()
+    meet("measured")
+    return {
+        "seconds": seconds,
+        "uss": after["uss"] - before["uss"],
+        "pss": after["pss"] - before["pss"],
+        "rows": len(dataset),
+        "touched": touched,
+    }
+
+
+def measure_ranks(impl: str, folder: Path, n_rows: int, world: int) -> dict:
+    """`world` processes at once; the mean of their results (the shared copy built first, as rank 0 does)."""
+    with tempfile.TemporaryDirectory(prefix="recce-ranks-") as meeting:
+        command = [sys.executable, __file__, "--rank-child", impl, str(folder), str(n_rows), str(world), meeting]
+        processes = [subprocess.Popen([*command, str(r)], stdout=subprocess.PIPE, text=True) for r in range(world)]
+        outputs = [p.communicate()[0] for p in processes]
+    if any(p.returncode for p in processes):
+        raise RuntimeError(f"ranks {impl} at {n_rows} rows failed")
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    mean = {k: float(np.mean([r[k] for r in results])) for k in ("seconds", "uss", "pss")}
+    return {**mean, "peak": 0, "kept": None, "rows": results[0]["rows"], "world": world}
 
 
 def measure(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
@@ -429,20 +510,26 @@ def exponent(rows: list[dict], row: dict) -> float | None:
 
 
 def table(rows: list[dict]) -> str:
-    header = "| step | implementation | rows | time (s) | exponent | peak (MB) | kept (B/row) | held (B/row) | check |"
-    lines = [header, "|" + "---|" * 9]
+    header = (
+        "| step | implementation | rows | time (s) | exponent | peak (MB) | peak (B/row) | kept (B/row) | held (B/row) "
+        "| private a process (B/row) | check |"
+    )
+    lines = [header, "|" + "---|" * 11]
     for row in rows:
         growth = exponent(rows, row)
         per_row = row.get("dataset_rows") or row["rows"]
+        ranks = row["step"] == "ranks"
         cells = [
             row["step"],
-            row["impl"],
+            row["impl"] + (f", {row['world']} processes" if ranks else ""),
             f"{row['rows']:,}",
             f"{row['seconds']:.2f}",
             "" if growth is None else f"{growth:.2f}",
-            f"{row['peak'] / 2**20:,.0f}",
+            "" if ranks else f"{row['peak'] / 2**20:,.0f}",
+            f"{row['peak'] / per_row:.0f}" if row["step"] == "dataset" else "",
             f"{row['kept'] / per_row:.0f}" if row["step"] == "dataset" else "",
             f"{row['held'] / per_row:.0f}" if "held" in row else "",
+            f"{row['uss'] / per_row:.1f} (PSS {row['pss'] / per_row:.1f})" if ranks else "",
             row.get("check", ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -470,7 +557,8 @@ def check(step: str, results: dict[str, dict], folder: Path, n_rows: int) -> str
         merged = [pd.read_parquet(folder / f"{n_rows}" / f"merged-{impl}.parquet") for impl in ("ours", "baseline")]
         return "same merged manifest" if merged[0].equals(merged[1]) else "DIFFERS from baseline"
     if step == "dataset":
-        return f"{results['baseline']['held'] / results['ours']['held']:.0f}x fewer bytes held"
+        peak = results["read all"]["peak"] / results["ours"]["peak"]
+        return f"{results['baseline']['held'] / results['ours']['held']:.0f}x fewer bytes held; peak {peak:.1f}x lower"
     return ""
 
 
@@ -479,6 +567,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--huge", action="store_true", help="add 4M rows")
     parser.add_argument("--steps", nargs="+", choices=[*STEPS, "info-cli", "resume"], default=[*STEPS, "info-cli"])
+    parser.add_argument("--ranks", type=int, default=4, help="processes of the `ranks` step")
     parser.add_argument("--resume-videos", type=int, nargs="+", default=[10_000, 100_000], help="sizes of `resume`")
     parser.add_argument("--no-baseline", action="store_true", help="measure this package only")
     parser.add_argument("--baseline-max-rows", type=int, default=1_000_000, help="largest size the baseline runs at")
@@ -486,7 +575,12 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="folder for the synthetic manifests (kept; default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--rank-child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rank_child:
+        impl, folder, n_rows, world, meeting, rank = args.rank_child
+        print(json.dumps(rank_child(impl, Path(folder), int(n_rows), int(rank), int(world), Path(meeting))))
+        return 0
     if args.child:
         step, impl, folder, n_rows, n_boot = args.child
         print(json.dumps(child(step, impl, Path(folder), int(n_rows), int(n_boot))))
@@ -500,15 +594,22 @@ def main() -> int:
         for n_rows in args.sizes if manifest_steps else []:
             prepare(folder, n_rows)
             for step in manifest_steps:
-                impls = ["ours"]
-                if step == "info-cli":
-                    impls = ["recce CLI", "module alone"]
-                elif not args.no_baseline and n_rows <= args.baseline_max_rows:
+                impls = {"dataset": list(DATASET_IMPLS), "info-cli": ["recce CLI", "module alone"]}.get(step, ["ours"])
+                if step == "ranks":
+                    impls = list(RANK_IMPLS)
+                elif step != "info-cli" and not args.no_baseline and n_rows <= args.baseline_max_rows:
                     impls.append("baseline")
                 results = {}
+                cache = folder / f"{n_rows}" / "rows-train.arrow"
                 for impl in impls:
+                    if impl == "ours (shared, build)":
+                        cache.unlink(missing_ok=True)
                     if step == "info-cli":
                         results[impl] = measure_command(folder, n_rows, impl)
+                    elif step == "ranks":
+                        if impl == "shared" and not cache.is_file():  # written by the first process of a run
+                            measure("dataset", "ours (shared, build)", folder, n_rows, args.n_boot)
+                        results[impl] = measure_ranks(impl, folder, n_rows, args.ranks)
                     else:
                         results[impl] = measure(step, impl, folder, n_rows, args.n_boot)
                     result = {k: v for k, v in results[impl].items() if k != "result"}
@@ -517,7 +618,7 @@ def main() -> int:
                     )
                     print(f"{step:9s} {impl:12s} {n_rows:>9,} rows {result['seconds']:8.2f} s", flush=True)
                 if "baseline" in results:
-                    rows[-2]["check"] = check(step, results, folder, n_rows)
+                    rows[-len(impls)]["check"] = check(step, results, folder, n_rows)
         if "resume" in args.steps:
             for n_videos in sorted(args.resume_videos):
                 prepare_resume(folder, n_videos)
