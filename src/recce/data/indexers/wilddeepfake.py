@@ -22,7 +22,16 @@ import os
 from pathlib import Path
 
 from .. import archive
-from .base import IMAGE_EXTENSIONS, DatasetLayoutError, IndexResult, ItemCollector, MediaItem, check_fraction, hash_unit
+from .base import (
+    IMAGE_EXTENSIONS,
+    DatasetLayoutError,
+    IndexResult,
+    ItemCollector,
+    MediaItem,
+    Shard,
+    check_fraction,
+    hash_unit,
+)
 
 SPLIT_FOLDERS = {
     "real_train": ("train", 0),
@@ -81,14 +90,16 @@ def unit_trees(folder: Path, extracted: Path, collector: ItemCollector) -> list[
     return [units[stem] for stem in sorted(units)]
 
 
-def index_wilddeepfake(root: Path, *, extract_to: str | Path | None = None, val_fraction: float = 0.0) -> IndexResult:
+def index_wilddeepfake(
+    root: Path, *, extract_to: str | Path | None = None, val_fraction: float = 0.0, shard: Shard | None = None
+) -> IndexResult:
     """Index WildDeepfake frame sequences, extracting archives that are not extracted yet."""
     val_fraction = check_fraction(val_fraction, "val_fraction")
     extract_to = Path(extract_to) if extract_to is not None else root / "extracted"
     present = [name for name in SPLIT_FOLDERS if (root / name).is_dir() or (extract_to / name).is_dir()]
     if not present:
         raise DatasetLayoutError(f"{root}: none of the folders {', '.join(SPLIT_FOLDERS)} found")
-    collector = ItemCollector()
+    collector = ItemCollector(shard=shard)
     for name in SPLIT_FOLDERS:
         if name not in present:
             collector.skip(root / name, "folder missing, so the index has none of its sequences")
