@@ -23,6 +23,13 @@ Builds synthetic manifests in the project's schema, shaped like DFDC (32 frames 
   the code before issue 12 left it (it records every part once), "ours" the rerun after it, "baseline" the old
   resume (a stat per video, then every part file read again and the manifest rebuilt).
 
+- `index` (sized in videos, `--steps index --index-videos 119000`; not in the default steps): what one shard of
+  `recce extract dfdc --shard K/N` (`--index-shards`, default 8) spends indexing a DFDC tree of empty video files in
+  50 `dfdc_train_part_*` folders with their metadata.json plus `test/labels.csv`: "baseline" indexes every video
+  (a stat for its existence and one for its identity each) and then keeps the shard (`shard_items`); "ours" is
+  `index_dataset(..., shard=(K, N))`, which lists each folder once and stats only the shard's own files. The check
+  compares the two item lists; the stat count is of `os.stat` calls.
+
 Each step is measured for this package ("ours") and, where the old code can still run, for the implementation
 before issue 12 ("baseline"), kept only in this script: per-row pathlib joins in `read`, per-row `os.path.relpath`
 in `merge`, a bootstrap that sorts the samples again for every chunk of resamples, and a dataset holding the whole
@@ -35,6 +42,7 @@ intervals. Peak memory is the growth of the process's peak RSS over its RSS befo
     python benchmarks/scale.py --sizes 10000 100000 --steps evaluate --no-baseline
     python benchmarks/scale.py --steps resume --resume-videos 10000 100000
     python benchmarks/scale.py --steps dataset ranks --ranks 4
+    python benchmarks/scale.py --steps index --index-videos 10000 119000 --index-shards 8
 """
 
 from __future__ import annotations
@@ -174,6 +182,35 @@ def prepare_resume(folder: Path, n_videos: int) -> Path:
         extract.part_path(out, item).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(part, extract.part_path(out, item))
     return base
+
+
+def prepare_dfdc(folder: Path, n_videos: int) -> Path:
+    """A DFDC tree of `n_videos` empty clips: 4 % in test/ with labels.csv, the rest in 50 training parts."""
+    root = folder / f"dfdc-{n_videos}"
+    if (root / "test" / "labels.csv").is_file():
+        return root
+    n_test = round(n_videos * TEST_FRACTION)
+    per_part = -(-(n_videos - n_test) // TRAIN_PARTS)
+    rng = np.random.default_rng(0)
+    for part in range(TRAIN_PARTS):
+        clips = range(part * per_part, min((part + 1) * per_part, n_videos - n_test))
+        folder_path = root / f"dfdc_train_part_{part}"
+        folder_path.mkdir(parents=True)
+        metadata = {}
+        for clip in clips:
+            name = f"{clip:010d}.mp4"
+            (folder_path / name).touch()
+            fake = rng.random() >= REAL_FRACTION
+            metadata[name] = {"label": "FAKE" if fake else "REAL", "split": "train"}
+            metadata[name] |= {"original": f"{clip - 1:010d}.mp4"} if fake else {}
+        (folder_path / "metadata.json").write_text(json.dumps(metadata))
+    (root / "test").mkdir()
+    lines = ["filename,label"]
+    for clip in range(n_test):
+        (root / "test" / f"t{clip:09d}.mp4").touch()
+        lines.append(f"t{clip:09d}.mp4,{int(rng.random() >= 0.5)}")
+    (root / "test" / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
 
 
 # ----------------------------------------------------------------------------------- baseline: the code before
@@ -324,6 +361,17 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
 
         cache = folder / f"{n_rows}" / "rows-train.arrow"
         train = compact.Selection.of(splits=["train"])
+    if step == "index":
+        from recce.data import indexers
+
+        calls = [0]
+        stat = os.stat
+
+        def counted(*args, **kwargs):
+            calls[0] += 1
+            return stat(*args, **kwargs)
+
+        root, shard = folder / f"dfdc-{n_rows}", (1, n_boot)  # n_boot carries the shard count here
     if step == "resume":
         from recce.data import extract  # imports torch: before the measurement
 
@@ -361,6 +409,17 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
             summary = extract.extract("folder", base / "root", base / "out", settings, progress=False)
             extra.update(todo=summary.done + summary.failed, manifest_rows=summary.collected.rows)
             return summary
+        if step == "index":
+            os.stat = counted
+            try:
+                if impl == "baseline":
+                    items = indexers.shard_items(indexers.index_dataset("dfdc", root).items, shard)
+                else:
+                    items = indexers.shard_items(indexers.index_dataset("dfdc", root, shard=shard).items, None)
+            finally:
+                os.stat = stat
+            extra.update(stats=calls[0], items=[item.video for item in items])
+            return items
         if step == "dataset":
             if impl != "baseline":
                 if impl == "ours":
@@ -553,6 +612,9 @@ def check(step: str, results: dict[str, dict], folder: Path, n_rows: int) -> str
     if step == "evaluate":
         same = results["ours"]["result"] == results["baseline"]["result"]
         return "metrics and CIs identical to baseline" if same else "DIFFERS from baseline"
+    if step == "index":
+        same = results["ours"]["items"] == results["baseline"]["items"]
+        return f"{len(results['ours']['items']):,} items, {'same' if same else 'DIFFERENT'} items as baseline"
     if step == "merge":
         merged = [pd.read_parquet(folder / f"{n_rows}" / f"merged-{impl}.parquet") for impl in ("ours", "baseline")]
         return "same merged manifest" if merged[0].equals(merged[1]) else "DIFFERS from baseline"
@@ -566,8 +628,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--huge", action="store_true", help="add 4M rows")
-    parser.add_argument("--steps", nargs="+", choices=[*STEPS, "info-cli", "resume"], default=[*STEPS, "info-cli"])
+    steps = [*STEPS, "info-cli", "resume", "index"]
+    parser.add_argument("--steps", nargs="+", choices=steps, default=[*STEPS, "info-cli"])
     parser.add_argument("--ranks", type=int, default=4, help="processes of the `ranks` step")
+    parser.add_argument("--index-videos", type=int, nargs="+", default=[119_000], help="sizes of `index`")
+    parser.add_argument("--index-shards", type=int, default=8, help="N of the shard 1/N that `index` measures")
     parser.add_argument("--resume-videos", type=int, nargs="+", default=[10_000, 100_000], help="sizes of `resume`")
     parser.add_argument("--no-baseline", action="store_true", help="measure this package only")
     parser.add_argument("--baseline-max-rows", type=int, default=1_000_000, help="largest size the baseline runs at")
@@ -590,7 +655,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="recce-scale-") as temporary:
         folder = args.data or Path(temporary)
         rows: list[dict] = []
-        manifest_steps = [step for step in args.steps if step != "resume"]
+        manifest_steps = [step for step in args.steps if step not in ("resume", "index")]
+        if "index" in args.steps:
+            for n_videos in sorted(args.index_videos):
+                prepare_dfdc(folder, n_videos)
+                results = {}
+                for impl in ("ours", "baseline"):
+                    results[impl] = measure("index", impl, folder, n_videos, args.index_shards)
+                    result = {k: v for k, v in results[impl].items() if k != "items"}
+                    rows.append({"step": "index", "impl": f"{impl}, shard 1/{args.index_shards}", "rows": n_videos})
+                    rows[-1].update(result, check=f"{result['stats']:,} stats")
+                    print(f"index     {impl:12s} {n_videos:>9,} videos {result['seconds']:8.2f} s", flush=True)
+                rows[-2]["check"] += "; " + check("index", results, folder, n_videos)
         for n_rows in args.sizes if manifest_steps else []:
             prepare(folder, n_rows)
             for step in manifest_steps:

@@ -91,19 +91,19 @@ def test_a_manifest_with_other_types_is_selected_after_reading(tmp_path):
 def test_only_the_kept_columns_are_read_and_the_filter_runs_inside_the_read(tmp_path, monkeypatch):
     path = write_manifest(tmp_path / "manifest.parquet")
     calls = []
-    read_table = pq.read_table
+    read_table = manifest.read_table
 
     def spy(*args, **kwargs):
         table = read_table(*args, **kwargs)
-        calls.append((kwargs, table))
+        calls.append((args, kwargs, table))
         return table
 
-    monkeypatch.setattr(manifest.pq, "read_table", spy)
+    monkeypatch.setattr(manifest, "read_table", spy)
     selection = {"splits": ["train"], "methods": ["Deepfakes"]}
     dataset = ManifestDataset(path, **selection)
-    ((kwargs, table),) = calls
-    assert kwargs["columns"] == list(rows.COLUMNS)  # no face box, score, detector
-    assert kwargs["filters"] is not None
+    ((args, kwargs, table),) = calls
+    assert args[1] == list(rows.COLUMNS)  # no face box, score, detector
+    assert kwargs["where"] is not None
     assert table.num_rows == len(dataset) == len(todays_frame(path, selection)) < pq.read_metadata(path).num_rows
     assert all(pa.types.is_dictionary(table.schema.field(c).type) for c in rows.CATEGORICAL)  # no string per row
 
@@ -112,7 +112,9 @@ def test_compact_columns(tmp_path):
     path = write_manifest(tmp_path / "manifest.parquet")
     table = rows.read_rows(path, rows.Selection.of(splits=["train"]))
     assert table.column_names == list(rows.COLUMNS)
-    assert all(column.num_chunks == 1 for column in table.columns)
+    assert all(table.column(c).num_chunks == 1 for c in rows.COLUMNS if c != "path")  # paths: as read, not copied
+    shared = rows.shared_rows(path, tmp_path / "rows.arrow", rows.Selection.of(splits=["train"]))
+    assert shared.equals(table) and all(column.num_chunks == 1 for column in shared.columns)  # one mapped view each
     assert table.schema.field("label").type == pa.int8() and table.schema.field("frame").type == pa.int32()
     assert table.schema.field("dataset").type == pa.dictionary(pa.int8(), pa.string())
     assert table.schema.metadata[rows.ROOT] == str(tmp_path.resolve()).encode()

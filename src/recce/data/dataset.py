@@ -47,6 +47,15 @@ def _common_root(frame: pd.DataFrame) -> str | None:
     return root if bool((joined == frame["abspath"].astype(manifest.ARROW_STRING)).all()) else None
 
 
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The column as one array: its only chunk as it is (a view of a mapped file stays a view), else combined;
+    strings stay chunked (indexing a few chunks costs little, copying them would double the paths)."""
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    strings = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    return column if strings else column.combine_chunks()
+
+
 def row_seed(path: str) -> int:
     """A 32-bit seed from a crop's manifest path, the same in every process and run (unlike hash())."""
     return int.from_bytes(hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest(), "little")
@@ -94,7 +103,7 @@ class _Strings:
     of a memory-mapped file (`recce.data.rows.shared_rows`).
     """
 
-    def __init__(self, values: pa.Array) -> None:
+    def __init__(self, values: pa.Array | pa.ChunkedArray) -> None:
         if pa.types.is_dictionary(values.type):
             codes = values.indices
             self.codes = (pc.fill_null(codes, -1) if codes.null_count else codes).to_numpy(zero_copy_only=False)
@@ -111,7 +120,8 @@ class _Strings:
 
     def series(self) -> pd.Series:
         if self.array is not None:
-            return pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([self.array])), dtype=manifest.ARROW_STRING)
+            chunked = self.array if isinstance(self.array, pa.ChunkedArray) else pa.chunked_array([self.array])
+            return pd.Series(pd.arrays.ArrowStringArray(chunked), dtype=manifest.ARROW_STRING)
         categories = self.categories.to_numpy(zero_copy_only=False)
         return pd.Series(pd.Categorical.from_codes(self.codes, categories)).astype(manifest.ARROW_STRING)
 
@@ -176,7 +186,7 @@ class ManifestDataset(Dataset):
             raise ValueError(f"{self._source}: no rows match ({selection.describe()})")
         if preprocess.face_mask and manifest.LANDMARKS not in table.column_names:
             raise manifest.ManifestError(f"{self._source}: these rows were read without the face landmarks")
-        columns = {name: table.column(name).combine_chunks() for name in table.column_names}
+        columns = {name: _one_chunk(table.column(name)) for name in table.column_names}
         self.preprocess = preprocess
         self.train = train
         self.flip_p = flip_p

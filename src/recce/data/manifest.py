@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 COLUMNS: dict[str, str] = {
@@ -37,6 +38,7 @@ LANDMARKS_SOURCE = "landmarks_source"  # detected (face detector), box (placed i
 OPTIONAL_COLUMNS = (LANDMARKS, LANDMARKS_SOURCE)
 
 
+ROW_GROUP = 65_536  # rows a Parquet row group holds: a reader decodes one at a time, so its transient memory is bounded
 ARROW_STRING = pd.StringDtype("pyarrow")  # "string" with pandas >= 3: one buffer, no Python object per row
 _IRREGULAR_SEGMENT = r"(?:^|/)\.\.?(?:/|$)|//"  # a `.` or `..` segment, or an empty one
 
@@ -98,7 +100,7 @@ def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    to_frame(frame).to_parquet(tmp, index=False)
+    to_frame(frame).to_parquet(tmp, index=False, row_group_size=ROW_GROUP)
     os.replace(tmp, path)
     return path
 
@@ -148,10 +150,12 @@ def read_table(
     path = Path(path)
     names = read_schema(path).names
     columns = [c for c in columns if c in COLUMNS or c in names]
+    options = ds.ParquetReadOptions(dictionary_columns=[c for c in dictionary if c in columns])
     try:
-        return pq.read_table(
-            path, columns=columns, filters=where, read_dictionary=[c for c in dictionary if c in columns]
-        )
+        scanner = ds.dataset(path, format=ds.ParquetFileFormat(read_options=options)).scanner(
+            columns=columns, filter=where, batch_readahead=0, fragment_readahead=1, use_threads=False
+        )  # one batch decoded at a time, filtered as it comes: the whole file is never held
+        return scanner.to_table()
     except Exception as error:  # damaged pages surface only when read
         raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
 

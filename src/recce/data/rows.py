@@ -74,7 +74,7 @@ def _pushable(schema: pa.Schema) -> bool:
 
 
 def read_rows(path: str | os.PathLike, selection: Selection = Selection(), *, landmarks: bool = False) -> pa.Table:
-    """The selected rows' `COLUMNS` (and landmarks as N x 10 float32), validated, one chunk per column."""
+    """The selected rows' `COLUMNS` (and landmarks as N x 10 float32), validated; the paths in the chunks read."""
     path = Path(path)
     columns = [*COLUMNS, *([manifest.LANDMARKS] if landmarks else [])]
     where = selection.expression()
@@ -99,7 +99,7 @@ def read_rows(path: str | os.PathLike, selection: Selection = Selection(), *, la
 
 
 def _compact(table: pa.Table) -> pa.Table:
-    """One chunk per column, repeated strings as dictionaries, combined column by column to bound the peak."""
+    """Repeated strings as dictionaries in the smallest code type, one chunk per column (paths excepted)."""
     table = table.unify_dictionaries()
     arrays = {}
     for name in table.column_names:
@@ -111,6 +111,9 @@ def _compact(table: pa.Table) -> pa.Table:
             column = pc.cast(column, column.type.value_type)
         if pa.types.is_large_string(column.type) and column.nbytes < 2**31 - 1:  # 4-byte offsets suffice
             column = pc.cast(column, pa.string())
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            arrays[name] = column  # crop paths stay in the chunks they were read in: combining would copy them
+            continue
         array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
         arrays[name] = _narrow(array) if name in CATEGORICAL else array
     return pa.table(arrays)
@@ -177,11 +180,12 @@ def open_shared(cache: str | os.PathLike, key: str) -> pa.Table | None:
 
 
 def write_shared(table: pa.Table, cache: str | os.PathLike, key: str) -> None:
-    """Write the rows for `key` under a temporary name, then rename: readers see the old file or the whole new one."""
+    """Write the rows for `key` as one record batch (so mapped columns are single views) under a temporary name,
+    then rename: readers see the old file or the whole new one."""
     cache = Path(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.{os.uname().nodename}.{os.getpid()}.tmp")
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY: key.encode()})
+    table = table.combine_chunks().replace_schema_metadata({**(table.schema.metadata or {}), KEY: key.encode()})
     try:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=max(1, table.num_rows))
