@@ -108,18 +108,19 @@ class _Listings(_Disk):
     followed with a stat. Only a hint: the items a shard keeps are checked again file by file."""
 
     def __init__(self) -> None:
-        self._folders: dict[Path, tuple[int, dict[str, os.DirEntry]] | None] = {}
+        self._folders: dict[str, tuple[int, dict[str, os.DirEntry]] | None] = {}  # by name: no Path hashing
 
     def _entry(self, path: Path) -> tuple[int, os.DirEntry] | None:
-        folder = path.parent
-        if folder not in self._folders:
+        folder, name = os.path.split(str(path))
+        listing = self._folders.get(folder, False)
+        if listing is False:
             try:
                 with os.scandir(folder) as entries:
-                    self._folders[folder] = (os.stat(folder).st_dev, {entry.name: entry for entry in entries})
+                    listing = (os.stat(folder).st_dev, {entry.name: entry for entry in entries})
             except OSError:
-                self._folders[folder] = None
-        listing = self._folders[folder]
-        entry = listing[1].get(path.name) if listing is not None else None
+                listing = None
+            self._folders[folder] = listing
+        entry = listing[1].get(name) if listing is not None else None
         return (listing[0], entry) if entry is not None else None
 
     def exists(self, path: Path) -> bool:
