@@ -99,7 +99,7 @@ class _Strings:
     """A string column as one Arrow buffer plus offsets, or as small integer codes into its distinct values.
 
     Neither holds a Python object per row, so reading a row in a forked DataLoader worker touches a few shared
-    pages instead of copying reference-counted objects; a categorical column costs 4 bytes a row. Both can be views
+    pages instead of copying reference-counted objects; a categorical column costs 1-4 bytes a row. Both can be views
     of a memory-mapped file (`recce.data.rows.shared_rows`).
     """
 
