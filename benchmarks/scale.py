@@ -9,12 +9,26 @@ Builds synthetic manifests in the project's schema, shaped like DFDC (32 frames 
   `python -m recce manifest info M`, and the command's module alone (what a CLI importing only the chosen
   command costs);
 - `evaluate`: `recce.metrics.evaluate_scores` with 1000 bootstrap resamples (frame CI clustered by video);
-- `dataset`: `ManifestDataset(M, splits=["train"])` construction, training start-up, with its bytes per row.
+- `dataset`: `ManifestDataset(M, splits=["train"])` construction, training start-up, with its bytes per row: "ours"
+  reads only the kept columns with the split filter pushed into the Parquet read; "read all" is the path before it
+  (`manifest.read` of every column, then the selection); "ours (shared)" is `recce.data.rows.shared_rows`, the
+  first process writing the memory-mapped copy ("build") and the others mapping it ("map").
+- `ranks`: W processes (`--ranks`, default 4) alive at once, each building the training dataset as a distributed
+  run's processes do and reading the path and label of its share of an epoch's rows; each reports its private
+  memory growth (USS: Private_Clean + Private_Dirty of /proc/self/smaps_rollup) and its PSS growth, "in memory"
+  (each process reads the manifest itself) against "shared" (every process maps one `shared_rows` copy).
 - `resume`: `recce.data.extract.extract` (folder dataset, `--detector none`) rerun over an output folder where every
   video is finished and nothing is left to do; sized in videos (`--resume-videos`, 32 crops a video), its part files
   faked from the synthetic manifest and its media empty files. "ours (migrates)" is the first run over the folder as
   the code before issue 12 left it (it records every part once), "ours" the rerun after it, "baseline" the old
   resume (a stat per video, then every part file read again and the manifest rebuilt).
+
+- `index` (sized in videos, `--steps index --index-videos 119000`; not in the default steps): what one shard of
+  `recce extract dfdc --shard K/N` (`--index-shards`, default 8) spends indexing a DFDC tree of empty video files in
+  50 `dfdc_train_part_*` folders with their metadata.json plus `test/labels.csv`: "baseline" indexes every video
+  (a stat for its existence and one for its identity each) and then keeps the shard (`shard_items`); "ours" is
+  `index_dataset(..., shard=(K, N))`, which lists each folder once and stats only the shard's own files. The check
+  compares the two item lists; the stat count is of `os.stat` calls.
 
 Each step is measured for this package ("ours") and, where the old code can still run, for the implementation
 before issue 12 ("baseline"), kept only in this script: per-row pathlib joins in `read`, per-row `os.path.relpath`
@@ -27,6 +41,8 @@ intervals. Peak memory is the growth of the process's peak RSS over its RSS befo
     python benchmarks/scale.py --huge           # adds 4M rows
     python benchmarks/scale.py --sizes 10000 100000 --steps evaluate --no-baseline
     python benchmarks/scale.py --steps resume --resume-videos 10000 100000
+    python benchmarks/scale.py --steps dataset ranks --ranks 4
+    python benchmarks/scale.py --steps index --index-videos 10000 119000 --index-shards 8
 """
 
 from __future__ import annotations
@@ -58,7 +74,9 @@ REAL_FRACTION = 0.16  # DFDC: about 19k real of 119k training videos
 TEST_FRACTION = 0.04  # 5k test of 124k videos
 TRAIN_PARTS = 50
 N_BOOT = 1000
-STEPS = ("read", "merge", "info", "evaluate", "dataset")
+STEPS = ("read", "merge", "info", "evaluate", "dataset", "ranks")
+DATASET_IMPLS = ("ours", "read all", "ours (shared, build)", "ours (shared, map)")
+RANK_IMPLS = ("in memory", "shared")
 RESUME_IMPLS = ("baseline", "ours (migrates)", "ours")
 SHARDS = 4
 
@@ -164,6 +182,35 @@ def prepare_resume(folder: Path, n_videos: int) -> Path:
         extract.part_path(out, item).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(part, extract.part_path(out, item))
     return base
+
+
+def prepare_dfdc(folder: Path, n_videos: int) -> Path:
+    """A DFDC tree of `n_videos` empty clips: 4 % in test/ with labels.csv, the rest in 50 training parts."""
+    root = folder / f"dfdc-{n_videos}"
+    if (root / "test" / "labels.csv").is_file():
+        return root
+    n_test = round(n_videos * TEST_FRACTION)
+    per_part = -(-(n_videos - n_test) // TRAIN_PARTS)
+    rng = np.random.default_rng(0)
+    for part in range(TRAIN_PARTS):
+        clips = range(part * per_part, min((part + 1) * per_part, n_videos - n_test))
+        folder_path = root / f"dfdc_train_part_{part}"
+        folder_path.mkdir(parents=True)
+        metadata = {}
+        for clip in clips:
+            name = f"{clip:010d}.mp4"
+            (folder_path / name).touch()
+            fake = rng.random() >= REAL_FRACTION
+            metadata[name] = {"label": "FAKE" if fake else "REAL", "split": "train"}
+            metadata[name] |= {"original": f"{clip - 1:010d}.mp4"} if fake else {}
+        (folder_path / "metadata.json").write_text(json.dumps(metadata))
+    (root / "test").mkdir()
+    lines = ["filename,label"]
+    for clip in range(n_test):
+        (root / "test" / f"t{clip:09d}.mp4").touch()
+        lines.append(f"t{clip:09d}.mp4,{int(rng.random() >= 0.5)}")
+    (root / "test" / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
 
 
 # ----------------------------------------------------------------------------------- baseline: the code before
@@ -309,7 +356,22 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
     shards = [shard_path(folder, n_rows, k) for k in range(SHARDS)]
     scores = pd.read_parquet(folder / f"{n_rows}" / "scores.parquet") if step == "evaluate" else None
     if step == "dataset":
+        from recce.data import rows as compact
         from recce.data.dataset import ManifestDataset  # imports torch: before the measurement
+
+        cache = folder / f"{n_rows}" / "rows-train.arrow"
+        train = compact.Selection.of(splits=["train"])
+    if step == "index":
+        from recce.data import indexers
+
+        calls = [0]
+        stat = os.stat
+
+        def counted(*args, **kwargs):
+            calls[0] += 1
+            return stat(*args, **kwargs)
+
+        root, shard = folder / f"dfdc-{n_rows}", (1, n_boot)  # n_boot carries the shard count here
     if step == "resume":
         from recce.data import extract  # imports torch: before the measurement
 
@@ -347,9 +409,25 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
             summary = extract.extract("folder", base / "root", base / "out", settings, progress=False)
             extra.update(todo=summary.done + summary.failed, manifest_rows=summary.collected.rows)
             return summary
+        if step == "index":
+            os.stat = counted
+            try:
+                if impl == "baseline":
+                    items = indexers.shard_items(indexers.index_dataset("dfdc", root).items, shard)
+                else:
+                    items = indexers.shard_items(indexers.index_dataset("dfdc", root, shard=shard).items, None)
+            finally:
+                os.stat = stat
+            extra.update(stats=calls[0], items=[item.video for item in items])
+            return items
         if step == "dataset":
-            if impl == "ours":
-                dataset = ManifestDataset(path, splits=["train"])
+            if impl != "baseline":
+                if impl == "ours":
+                    dataset = ManifestDataset(path, splits=["train"])
+                elif impl == "read all":
+                    dataset = ManifestDataset(manifest.read(path), splits=["train"])
+                else:
+                    dataset = ManifestDataset(compact.shared_rows(path, cache, train))
                 extra.update(rows=len(dataset), held=dataset.nbytes)
                 return dataset
             state, rows, held = baseline_dataset(path)
@@ -371,6 +449,68 @@ def child(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
     kept = _status("VmRSS") - before
     del kept_alive
     return {"seconds": seconds, "peak": peak, "kept": kept, **extra}
+
+
+def _private() -> dict[str, int]:
+    """This process's private (USS) and proportional (PSS) resident bytes."""
+    values = {}
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                values[name] = int(rest.split()[0]) * 1024
+    return {"uss": values["Private_Clean"] + values["Private_Dirty"], "pss": values["Pss"]}
+
+
+def rank_child(impl: str, folder: Path, n_rows: int, rank: int, world: int, meeting: Path) -> dict:
+    """One process of a simulated distributed start-up: its private memory growth with all `world` alive."""
+    from recce.data import rows
+    from recce.data.dataset import ManifestDataset
+    from recce.engine.sampler import EpochSampler
+
+    def meet(name: str) -> None:  # a barrier through files: every process measures while all are alive
+        (meeting / f"{name}-{rank}").touch()
+        while len(list(meeting.glob(f"{name}-*"))) < world:
+            time.sleep(0.05)
+
+    path = folder / f"{n_rows}" / "manifest.parquet"
+    meet("imported")
+    before = _private()
+    start = time.perf_counter()
+    if impl == "shared":
+        cache = folder / f"{n_rows}" / "rows-train.arrow"
+        dataset = ManifestDataset(rows.shared_rows(path, cache, rows.Selection.of(splits=["train"])))
+    else:
+        dataset = ManifestDataset(path, splits=["train"])
+    sampler = EpochSampler(dataset.labels, 32, rank=rank, world_size=world)
+    touched = sum(len(dataset.path(row)) + int(dataset.labels[row]) for row, _ in sampler)  # an epoch's share
+    seconds = time.perf_counter() - start
+    del sampler
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    meet("touched")
+    after = _private()
+    meet("measured")
+    return {
+        "seconds": seconds,
+        "uss": after["uss"] - before["uss"],
+        "pss": after["pss"] - before["pss"],
+        "rows": len(dataset),
+        "touched": touched,
+    }
+
+
+def measure_ranks(impl: str, folder: Path, n_rows: int, world: int) -> dict:
+    """`world` processes at once; the mean of their results (the shared copy built first, as rank 0 does)."""
+    with tempfile.TemporaryDirectory(prefix="recce-ranks-") as meeting:
+        command = [sys.executable, __file__, "--rank-child", impl, str(folder), str(n_rows), str(world), meeting]
+        processes = [subprocess.Popen([*command, str(r)], stdout=subprocess.PIPE, text=True) for r in range(world)]
+        outputs = [p.communicate()[0] for p in processes]
+    if any(p.returncode for p in processes):
+        raise RuntimeError(f"ranks {impl} at {n_rows} rows failed")
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    mean = {k: float(np.mean([r[k] for r in results])) for k in ("seconds", "uss", "pss")}
+    return {**mean, "peak": 0, "kept": None, "rows": results[0]["rows"], "world": world}
 
 
 def measure(step: str, impl: str, folder: Path, n_rows: int, n_boot: int) -> dict:
@@ -429,20 +569,26 @@ def exponent(rows: list[dict], row: dict) -> float | None:
 
 
 def table(rows: list[dict]) -> str:
-    header = "| step | implementation | rows | time (s) | exponent | peak (MB) | kept (B/row) | held (B/row) | check |"
-    lines = [header, "|" + "---|" * 9]
+    header = (
+        "| step | implementation | rows | time (s) | exponent | peak (MB) | peak (B/row) | kept (B/row) | held (B/row) "
+        "| private a process (B/row) | check |"
+    )
+    lines = [header, "|" + "---|" * 11]
     for row in rows:
         growth = exponent(rows, row)
         per_row = row.get("dataset_rows") or row["rows"]
+        ranks = row["step"] == "ranks"
         cells = [
             row["step"],
-            row["impl"],
+            row["impl"] + (f", {row['world']} processes" if ranks else ""),
             f"{row['rows']:,}",
             f"{row['seconds']:.2f}",
             "" if growth is None else f"{growth:.2f}",
-            f"{row['peak'] / 2**20:,.0f}",
+            "" if ranks else f"{row['peak'] / 2**20:,.0f}",
+            f"{row['peak'] / per_row:.0f}" if row["step"] == "dataset" else "",
             f"{row['kept'] / per_row:.0f}" if row["step"] == "dataset" else "",
             f"{row['held'] / per_row:.0f}" if "held" in row else "",
+            f"{row['uss'] / per_row:.1f} (PSS {row['pss'] / per_row:.1f})" if ranks else "",
             row.get("check", ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -466,11 +612,15 @@ def check(step: str, results: dict[str, dict], folder: Path, n_rows: int) -> str
     if step == "evaluate":
         same = results["ours"]["result"] == results["baseline"]["result"]
         return "metrics and CIs identical to baseline" if same else "DIFFERS from baseline"
+    if step == "index":
+        same = results["ours"]["items"] == results["baseline"]["items"]
+        return f"{len(results['ours']['items']):,} items, {'same' if same else 'DIFFERENT'} items as baseline"
     if step == "merge":
         merged = [pd.read_parquet(folder / f"{n_rows}" / f"merged-{impl}.parquet") for impl in ("ours", "baseline")]
         return "same merged manifest" if merged[0].equals(merged[1]) else "DIFFERS from baseline"
     if step == "dataset":
-        return f"{results['baseline']['held'] / results['ours']['held']:.0f}x fewer bytes held"
+        peak = results["read all"]["peak"] / results["ours"]["peak"]
+        return f"{results['baseline']['held'] / results['ours']['held']:.0f}x fewer bytes held; peak {peak:.1f}x lower"
     return ""
 
 
@@ -478,7 +628,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--huge", action="store_true", help="add 4M rows")
-    parser.add_argument("--steps", nargs="+", choices=[*STEPS, "info-cli", "resume"], default=[*STEPS, "info-cli"])
+    steps = [*STEPS, "info-cli", "resume", "index"]
+    parser.add_argument("--steps", nargs="+", choices=steps, default=[*STEPS, "info-cli"])
+    parser.add_argument("--ranks", type=int, default=4, help="processes of the `ranks` step")
+    parser.add_argument("--index-videos", type=int, nargs="+", default=[119_000], help="sizes of `index`")
+    parser.add_argument("--index-shards", type=int, default=8, help="N of the shard 1/N that `index` measures")
     parser.add_argument("--resume-videos", type=int, nargs="+", default=[10_000, 100_000], help="sizes of `resume`")
     parser.add_argument("--no-baseline", action="store_true", help="measure this package only")
     parser.add_argument("--baseline-max-rows", type=int, default=1_000_000, help="largest size the baseline runs at")
@@ -486,7 +640,12 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="folder for the synthetic manifests (kept; default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--rank-child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rank_child:
+        impl, folder, n_rows, world, meeting, rank = args.rank_child
+        print(json.dumps(rank_child(impl, Path(folder), int(n_rows), int(rank), int(world), Path(meeting))))
+        return 0
     if args.child:
         step, impl, folder, n_rows, n_boot = args.child
         print(json.dumps(child(step, impl, Path(folder), int(n_rows), int(n_boot))))
@@ -496,19 +655,37 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="recce-scale-") as temporary:
         folder = args.data or Path(temporary)
         rows: list[dict] = []
-        manifest_steps = [step for step in args.steps if step != "resume"]
+        manifest_steps = [step for step in args.steps if step not in ("resume", "index")]
+        if "index" in args.steps:
+            for n_videos in sorted(args.index_videos):
+                prepare_dfdc(folder, n_videos)
+                results = {}
+                for impl in ("ours", "baseline"):
+                    results[impl] = measure("index", impl, folder, n_videos, args.index_shards)
+                    result = {k: v for k, v in results[impl].items() if k != "items"}
+                    rows.append({"step": "index", "impl": f"{impl}, shard 1/{args.index_shards}", "rows": n_videos})
+                    rows[-1].update(result, check=f"{result['stats']:,} stats")
+                    print(f"index     {impl:12s} {n_videos:>9,} videos {result['seconds']:8.2f} s", flush=True)
+                rows[-2]["check"] += "; " + check("index", results, folder, n_videos)
         for n_rows in args.sizes if manifest_steps else []:
             prepare(folder, n_rows)
             for step in manifest_steps:
-                impls = ["ours"]
-                if step == "info-cli":
-                    impls = ["recce CLI", "module alone"]
-                elif not args.no_baseline and n_rows <= args.baseline_max_rows:
+                impls = {"dataset": list(DATASET_IMPLS), "info-cli": ["recce CLI", "module alone"]}.get(step, ["ours"])
+                if step == "ranks":
+                    impls = list(RANK_IMPLS)
+                elif step != "info-cli" and not args.no_baseline and n_rows <= args.baseline_max_rows:
                     impls.append("baseline")
                 results = {}
+                cache = folder / f"{n_rows}" / "rows-train.arrow"
                 for impl in impls:
+                    if impl == "ours (shared, build)":
+                        cache.unlink(missing_ok=True)
                     if step == "info-cli":
                         results[impl] = measure_command(folder, n_rows, impl)
+                    elif step == "ranks":
+                        if impl == "shared" and not cache.is_file():  # written by the first process of a run
+                            measure("dataset", "ours (shared, build)", folder, n_rows, args.n_boot)
+                        results[impl] = measure_ranks(impl, folder, n_rows, args.ranks)
                     else:
                         results[impl] = measure(step, impl, folder, n_rows, args.n_boot)
                     result = {k: v for k, v in results[impl].items() if k != "result"}
@@ -517,7 +694,7 @@ def main() -> int:
                     )
                     print(f"{step:9s} {impl:12s} {n_rows:>9,} rows {result['seconds']:8.2f} s", flush=True)
                 if "baseline" in results:
-                    rows[-2]["check"] = check(step, results, folder, n_rows)
+                    rows[-len(impls)]["check"] = check(step, results, folder, n_rows)
         if "resume" in args.steps:
             for n_videos in sorted(args.resume_videos):
                 prepare_resume(folder, n_videos)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from recce.data.indexers import INDEXERS, DatasetLayoutError, IndexResult, MediaItem, index_dataset
+from recce.data.indexers import INDEXERS, DatasetLayoutError, IndexResult, MediaItem, base, index_dataset, shard_items
 
 FFPP_PAIRS = {
     "train": [["000", "003"], ["001", "004"], ["002", "005"]],
@@ -528,3 +528,78 @@ def test_index_dataset_checks_name_options_and_root(tmp_path: Path) -> None:
         index_dataset("celebdf", tmp_path, val_fractoin=0.1)
     with pytest.raises(DatasetLayoutError, match="nowhere: dataset root folder not found"):
         index_dataset("dfdcp", tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- shards
+
+
+def make_each(root: Path) -> dict[str, dict]:
+    """Every fixture above, each under its own root, with the options it is indexed with."""
+    (root / "celebdf").mkdir(parents=True)
+    make_celebdf(root / "celebdf")
+    make_dfdc(root / "dfdc")
+    make_dfdcp(root / "dfdcp")
+    make_wilddeepfake(root / "wilddeepfake")
+    make_user_folder(root / "folder")
+    return {
+        "ffpp": {"splits_dir": make_ffpp(root / "ffpp")},
+        "celebdf": {"val_fraction": 0.3},
+        "dfdc": {},
+        "dfdcp": {"val_fraction": 0.2},
+        "wilddeepfake": {"val_fraction": 0.5},
+        "folder": {"test_fraction": 0.3, "val_fraction": 0.3},
+    }
+
+
+def assert_shards_as_today(name: str, root: Path, options: dict, sizes=(1, 2, 3, 5)) -> None:
+    """Each shard's index is exactly today's whole index cut by `shard_items`, in the index's own order."""
+    whole = index_dataset(name, root, **options)
+    for n in sizes:
+        seen = []
+        for k in range(1, n + 1):
+            sharded = index_dataset(name, root, shard=(k, n), **options)
+            expected = [item for item in whole.items if item in set(shard_items(whole.items, (k, n)))]
+            assert sharded.items == expected, (name, k, n)
+            assert shard_items(sharded.items, None) == shard_items(whole.items, (k, n))
+            assert sharded.skipped == whole.skipped and sharded.shard == (k, n)
+            seen += sharded.items
+        assert sorted(item.video for item in seen) == sorted(item.video for item in whole.items)
+
+
+def test_every_indexer_gives_each_shard_todays_items(tmp_path: Path) -> None:
+    for name, options in make_each(tmp_path).items():
+        assert_shards_as_today(name, tmp_path / name, options)
+
+
+def test_a_shard_checks_only_its_own_files(tmp_path: Path, monkeypatch) -> None:
+    make_dfdc(tmp_path)
+    whole = len(index_dataset("dfdc", tmp_path).items)
+    stats = []
+    identity = base.file_identity
+    monkeypatch.setattr(base, "file_identity", lambda path: stats.append(path) or identity(path))
+    monkeypatch.setattr(Path, "exists", lambda path: pytest.fail(f"{path} checked with a stat of its own"))
+    mine = index_dataset("dfdc", tmp_path, shard=(2, 3)).items
+    assert sorted(stats) == sorted(item.source for item in mine) and len(mine) < whole
+
+
+def test_missing_files_and_second_names_keep_todays_shards(tmp_path: Path) -> None:
+    """Where a check drops an item the listings cannot stand in for it: every shard then checks every file."""
+    options = make_each(tmp_path)
+    (tmp_path / "ffpp/manipulated_sequences/FaceSwap/c23/videos/003_000.mp4").unlink()
+    (tmp_path / "dfdc/dfdc_train_part_1/p1c2.mp4").unlink()
+    assert_shards_as_today("ffpp", tmp_path / "ffpp", options["ffpp"] | {"allow_missing": True})
+    assert_shards_as_today("dfdc", tmp_path / "dfdc", {"allow_missing": True})
+    with pytest.raises(DatasetLayoutError, match=r"p1c2\.mp4: listed in .* but missing on disk"):
+        index_dataset("dfdc", tmp_path / "dfdc", shard=(1, 2))
+    folder = tmp_path / "folder"
+    (folder / "fake/again.mp4").hardlink_to(folder / "fake/a.mp4")  # one file under two names
+    (folder / "real/link.mp4").symlink_to(folder / "real/a.mp4")
+    assert any("the same file as" in reason for _, reason in index_dataset("folder", folder).skipped)
+    assert_shards_as_today("folder", folder, options["folder"])
+    dfdcp = tmp_path / "dfdcp"
+    records = json.loads((dfdcp / "dataset.json").read_text())
+    first = next(iter(records))
+    twin = first.replace("clip0", "twin0")
+    (dfdcp / twin).hardlink_to(dfdcp / first)
+    (dfdcp / "dataset.json").write_text(json.dumps(records | {twin: records[first]}))
+    assert_shards_as_today("dfdcp", dfdcp, options["dfdcp"])

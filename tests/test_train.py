@@ -133,6 +133,23 @@ def test_sampler_balances_and_resumes_mid_epoch():
     assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1])
 
 
+def test_each_rank_draws_its_share_of_one_global_epoch_from_any_batch_on():
+    """Rank r of W yields rows r, r + W, ... of the epoch's order, from batch b on: the global epoch is the same."""
+    labels = np.random.default_rng(0).integers(0, 2, 203)
+    for world in (1, 2, 3):
+        whole = EpochSampler(labels, 5, seed=7, world_size=world)
+        rows, seeds = whole.epoch_order(3)
+        for rank in range(world):
+            sampler = EpochSampler(labels, 5, seed=7, rank=rank, world_size=world)
+            for start in (0, 1, sampler.batches_per_epoch() - 1):
+                sampler.set_position(3, start)
+                drawn = list(sampler)
+                share_rows, share_seeds = rows[rank::world][start * 5 :], seeds[rank::world][start * 5 :]
+                expected = list(zip(share_rows.tolist(), share_seeds.tolist(), strict=True))
+                assert drawn == expected and len(drawn) == len(sampler)
+                assert all(type(r) is int and type(s) is int for r, s in drawn)
+
+
 def test_torchrun_two_processes_with_gloo(tmp_path, tiny_manifest):
     out = tmp_path / "ddp"
     command = [

@@ -14,17 +14,19 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from recce.data import manifest, packed
-from recce.data.faces.mask import as_landmarks, render_mask
+from recce.data import manifest, packed, rows
+from recce.data.faces.mask import render_mask
 from recce.data.video import MediaError
 from recce.detectors.base import Preprocess
 
@@ -43,6 +45,15 @@ def _common_root(frame: pd.DataFrame) -> str | None:
         return None
     joined = manifest.absolute_paths(frame["path"], root)
     return root if bool((joined == frame["abspath"].astype(manifest.ARROW_STRING)).all()) else None
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The column as one array: its only chunk as it is (a view of a mapped file stays a view), else combined;
+    strings stay chunked (indexing a few chunks costs little, copying them would double the paths)."""
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    strings = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    return column if strings else column.combine_chunks()
 
 
 def row_seed(path: str) -> int:
@@ -88,58 +99,68 @@ class _Strings:
     """A string column as one Arrow buffer plus offsets, or as small integer codes into its distinct values.
 
     Neither holds a Python object per row, so reading a row in a forked DataLoader worker touches a few shared
-    pages instead of copying reference-counted objects; a categorical column costs 1-4 bytes a row.
+    pages instead of copying reference-counted objects; a categorical column costs 1-4 bytes a row. Both can be views
+    of a memory-mapped file (`recce.data.rows.shared_rows`).
     """
 
-    def __init__(self, values: pd.Series, categorical: bool) -> None:
-        values = values.astype(manifest.ARROW_STRING)
-        if categorical:
-            categories = pd.Categorical(values)
-            self.codes = categories.codes
-            self.categories = categories.categories.to_numpy(dtype=object)
+    def __init__(self, values: pa.Array | pa.ChunkedArray) -> None:
+        if pa.types.is_dictionary(values.type):
+            codes = values.indices
+            self.codes = (pc.fill_null(codes, -1) if codes.null_count else codes).to_numpy(zero_copy_only=False)
+            self.categories = values.dictionary
             self.array = None
         else:
-            array = pa.array(values.array)
-            self.array = array.cast(pa.string()) if array.nbytes < 2**31 - 1 else array
+            self.array = values
 
     def __getitem__(self, index: int) -> str:
         if self.array is not None:
             return self.array[index].as_py()
         code = self.codes[index]
-        return self.categories[code] if code >= 0 else str(pd.NA)  # a missing value reads as numpy's str() of it
+        return self.categories[code].as_py() if code >= 0 else str(pd.NA)  # a missing value reads as numpy's str()
 
     def series(self) -> pd.Series:
         if self.array is not None:
-            return pd.Series(pd.arrays.ArrowStringArray(self.array), dtype=manifest.ARROW_STRING)
-        return pd.Series(pd.Categorical.from_codes(self.codes, self.categories)).astype(manifest.ARROW_STRING)
+            chunked = self.array if isinstance(self.array, pa.ChunkedArray) else pa.chunked_array([self.array])
+            return pd.Series(pd.arrays.ArrowStringArray(chunked), dtype=manifest.ARROW_STRING)
+        categories = self.categories.to_numpy(zero_copy_only=False)
+        return pd.Series(pd.Categorical.from_codes(self.codes, categories)).astype(manifest.ARROW_STRING)
+
+    def distinct(self) -> list[str]:
+        """The distinct values present, sorted, without building a value per row."""
+        if self.array is not None:
+            return sorted(pc.unique(self.array).to_pylist())
+        present = np.unique(self.codes)
+        return sorted(self.categories.take(pa.array(present[present >= 0])).to_pylist())
 
     @property
     def nbytes(self) -> int:
         if self.array is not None:
             return self.array.nbytes
-        return self.codes.nbytes + sum(len(c) for c in self.categories)
+        return self.codes.nbytes + self.categories.nbytes
 
 
 class ManifestDataset(Dataset):
     """Face crops of a manifest as (image, label[, meta]).
 
-    `frame_or_path` is a manifest file or a frame from `manifest.read`; a frame without its `abspath`
+    `source` is a manifest file, a frame from `manifest.read`, or the compact table of `recce.data.rows`
+    (`read_rows`, or `shared_rows` memory-mapped by every process of a node); a frame without its `abspath`
     column is read with `path` taken as it is (relative to the working directory).
 
     Only the columns training and scoring use are kept (`COLUMNS`), compactly: crop paths as one Arrow string
-    buffer with the manifest's folder held once, repeated strings as categorical codes, numbers as small
-    integers: about 70 bytes a DFDC row (benchmarks/scale.py); with `preprocess.face_mask`, the face landmarks
-    too (40 bytes a row); for packed crops (recce.data.packed), the shard as a categorical code and the member's
-    offset and size (14 bytes a row). `frame` rebuilds those columns (not the face box, detector or its score) as a
-    DataFrame on demand. Every process of a distributed run holds all rows: the training sampler draws each rank's
-    share from a permutation of the whole epoch.
+    buffer with the manifest's folder held once, repeated strings as dictionary codes, numbers as small integers:
+    about 70 bytes a DFDC row (benchmarks/scale.py); with `preprocess.face_mask`, the face landmarks too (40 bytes
+    a row); for packed crops (recce.data.packed), the shard as a dictionary code and the member's offset and size
+    (14 bytes a row). A manifest file is read with only those columns and with the filters pushed into the Parquet
+    read. `frame` rebuilds those columns (not the face box, detector or its score) as a DataFrame on demand. Every
+    process of a distributed run holds all rows (the training sampler draws each rank's share from a permutation of
+    the whole epoch); over `shared_rows` they are the same page-cache pages in every process of a node.
     """
 
-    COLUMNS = ("path", "dataset", "split", "video", "frame", "label", "method", "compression")
+    COLUMNS = rows.COLUMNS
 
     def __init__(
         self,
-        frame_or_path: pd.DataFrame | str | os.PathLike,
+        source: pd.DataFrame | pa.Table | str | os.PathLike,
         *,
         preprocess: Preprocess | int = RECCE_PREPROCESS,
         train: bool = False,
@@ -152,37 +173,50 @@ class ManifestDataset(Dataset):
         compressions: Sequence[str] | None = None,
     ) -> None:
         preprocess = as_preprocess(preprocess)
-        if isinstance(frame_or_path, pd.DataFrame):
-            source, frame = frame_or_path.attrs.get("path", "manifest frame"), frame_or_path
-            root = _common_root(frame)
+        selection = rows.Selection.of(datasets=datasets, splits=splits, methods=methods, compressions=compressions)
+        if isinstance(source, pd.DataFrame):
+            frame = manifest.select(source, **asdict(selection))
+            table = rows.from_frame(frame, landmarks=preprocess.face_mask, root=_common_root(source))
+        elif isinstance(source, pa.Table):
+            table = source.filter(selection.expression()) if selection.expression() is not None else source
         else:
-            columns = (*self.COLUMNS, *manifest.PACKED_COLUMNS)
-            columns = (*columns, manifest.LANDMARKS) if preprocess.face_mask else columns
-            source, frame = str(frame_or_path), manifest.read(frame_or_path, columns=columns)
-            root = str(Path(frame_or_path).resolve().parent)
-        filters = {"datasets": datasets, "splits": splits, "methods": methods, "compressions": compressions}
-        frame = manifest.select(frame, **filters)
-        if frame.empty:
-            given = ", ".join(f"{k}={list(v)}" for k, v in filters.items() if v) or "no filters"
-            raise ValueError(f"{source}: no rows match ({given})")
+            table = rows.read_rows(source, selection, landmarks=preprocess.face_mask)
+        metadata = table.schema.metadata or {}
+        self._source = metadata.get(rows.SOURCE, b"manifest frame").decode()
+        if table.num_rows == 0:
+            raise ValueError(f"{self._source}: no rows match ({selection.describe()})")
+        if preprocess.face_mask and manifest.LANDMARKS not in table.column_names:
+            raise manifest.ManifestError(f"{self._source}: these rows were read without the face landmarks")
+        columns = {name: _one_chunk(table.column(name)) for name in table.column_names}
         self.preprocess = preprocess
         self.train = train
         self.flip_p = flip_p
         self.perturbation = perturbation
         self.return_meta = return_meta
-        self._root = root  # crops are root / path; None: `_abspaths` holds each crop's path as given
-        self._keys = _Strings(frame["path"], categorical=False)
+        root = metadata.get(rows.ROOT)
+        self._root = root.decode() if root is not None else None  # crops are root / path; None: `_abspaths`
+        self._keys = _Strings(columns["path"])
         self._abspaths = None
-        if root is None:
-            self._abspaths = _Strings(frame["abspath"], categorical=False) if "abspath" in frame else self._keys
-        self._labels = frame["label"].to_numpy(dtype=np.int8)
-        self._frames = frame["frame"].to_numpy(dtype=np.int32)
-        self._meta = {c: _Strings(frame[c], categorical=True) for c in META_COLUMNS if c != "frame"}
-        self._source = source
-        self._landmarks = _landmarks(frame, source) if preprocess.face_mask else None
-        self._packed = _Packed(frame, root) if "shard" in frame and frame["shard"].notna().any() else None
-        del frame
+        if self._root is None:
+            self._abspaths = _Strings(columns["abspath"]) if "abspath" in columns else self._keys
+        self._labels = columns["label"].to_numpy(zero_copy_only=False)
+        self._frames = columns["frame"].to_numpy(zero_copy_only=False)
+        self._meta = {c: _Strings(columns[c]) for c in META_COLUMNS if c != "frame"}
+        self._landmarks = None
+        if preprocess.face_mask:
+            points = columns[manifest.LANDMARKS]
+            self._landmarks = points.flatten().to_numpy(zero_copy_only=False).reshape(len(points), 10)
+        self._packed = (
+            _Packed(columns, self._root)
+            if "shard" in columns and columns["shard"].null_count < len(columns["shard"])
+            else None
+        )
+        del table, columns
         pa.default_memory_pool().release_unused()  # hand the read's transient buffers back to the system
+
+    def distinct(self, column: str) -> list[str]:
+        """The sorted distinct values of a string column (e.g. the datasets trained on), without a row frame."""
+        return self._meta[column].distinct()
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -283,17 +317,18 @@ class _Packed:
     """Where the packed rows' crops lie: shard codes (-1: a crop stored as a file), member offsets and sizes, and
     a reader that opens the shards in the process that reads."""
 
-    def __init__(self, frame: pd.DataFrame, root: str | None) -> None:
-        shards = pd.Categorical(frame["shard"].astype(manifest.ARROW_STRING))
+    def __init__(self, columns: dict[str, pa.Array], root: str | None) -> None:
+        shards = _Strings(columns["shard"])
         self.codes = shards.codes
-        self.names = shards.categories.to_numpy(dtype=object)  # as in the manifest, relative to its folder
-        if manifest.SHARD_ABSPATH in frame:
-            first = pd.Series(np.arange(len(frame))).groupby(self.codes).first().drop(-1, errors="ignore")
-            self.files = frame[manifest.SHARD_ABSPATH].iloc[first.to_numpy()].to_numpy(dtype=object)
+        self.names = shards.categories.to_numpy(zero_copy_only=False)  # as in the manifest, relative to its folder
+        if manifest.SHARD_ABSPATH in columns:  # rows without a common folder: each shard's own absolute path
+            rows_of = pd.Series(np.arange(len(self.codes))).groupby(self.codes).first().drop(-1, errors="ignore")
+            absolute = _Strings(columns[manifest.SHARD_ABSPATH])
+            self.files = np.array([absolute[int(row)] for row in rows_of.to_numpy()], dtype=object)
         else:
             self.files = np.array([str(Path(root) / n) if root else n for n in self.names], dtype=object)
-        self.offsets = frame["offset"].fillna(-1).to_numpy(dtype=np.int64)
-        self.sizes = frame["size"].fillna(-1).to_numpy(dtype=np.int32)
+        self.offsets = pc.fill_null(columns["offset"], -1).to_numpy(zero_copy_only=False)
+        self.sizes = pc.fill_null(columns["size"], -1).to_numpy(zero_copy_only=False)
         self.reader = packed.ShardReader()
 
     def image(self, index: int, path: str) -> np.ndarray:
@@ -317,15 +352,3 @@ class _Packed:
     def nbytes(self) -> int:
         names = sum(len(n) + len(f) for n, f in zip(self.names, self.files, strict=True))
         return self.codes.nbytes + self.offsets.nbytes + self.sizes.nbytes + names
-
-
-def _landmarks(frame: pd.DataFrame, source: str) -> np.ndarray:
-    """The rows' landmarks as N x 10 float32; a manifest without them for every row cannot feed a face mask."""
-    values = frame[manifest.LANDMARKS] if manifest.LANDMARKS in frame.columns else pd.Series([None] * len(frame))
-    missing = int(values.isna().sum())
-    if missing:
-        raise manifest.ManifestError(
-            f"{source}: {missing} of {len(frame)} crops have no face landmarks, which the face-mask input needs; "
-            f"add them with `recce manifest landmarks {source}` or re-run `recce extract` with a face detector"
-        )
-    return np.stack([as_landmarks(v, f"{source} row {i}").reshape(10) for i, v in enumerate(values)])

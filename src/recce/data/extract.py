@@ -65,7 +65,7 @@ from recce.data.faces import FaceDetector, build_detector, choose_face, crop_fac
 from recce.data.faces.base import DETECTOR_NAMES
 from recce.data.faces.crop import EDGE_MODES, crop_landmarks
 from recce.data.faces.mask import face_landmarks
-from recce.data.indexers import MediaItem, index_dataset
+from recce.data.indexers import MediaItem, index_dataset, shard_items
 from recce.data.video import MAX_PIXELS, MediaError, last_line, media_length, read_media, sample_indices
 from recce.locks import OutputLock, die_with_parent
 
@@ -168,15 +168,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not match or not 1 <= int(match[1]) <= int(match[2]):
         raise ExtractError(f"shard {text!r} is not K/N with 1 <= K <= N (e.g. 2/8)")
     return int(match[1]), int(match[2])
-
-
-def shard_items(items: Sequence[MediaItem], shard: tuple[int, int] | None) -> list[MediaItem]:
-    """Items in a fixed order (dataset, video id), keeping every N-th from position K-1 for shard K/N."""
-    ordered = sorted(items, key=lambda item: (item.dataset, item.video, str(item.source)))
-    if shard is None:
-        return ordered
-    k, n = shard
-    return ordered[k - 1 :: n]
 
 
 def _digest(video: str) -> str:
@@ -597,8 +588,8 @@ def extract(
         _check_settings(out, dataset, settings, record)
         _remove_stale_outputs(out, shard)
         packer = _Packer(out, tag, pack_size, record) if pack_size is not None else None
-        result = index_dataset(dataset, Path(root), **(index_options or {}))
-        items = shard_items(result.items, shard)
+        result = index_dataset(dataset, Path(root), shard=shard, **(index_options or {}))  # this shard's items only
+        items = shard_items(result.items, None)
         recorded = record.finished().keys()
         unrecorded = [item for item in items if record_key(out, item) not in recorded]
         absorb(record, out, (item for item in unrecorded if part_path(out, item).is_file()))  # older runs' parts

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 COLUMNS: dict[str, str] = {
@@ -39,6 +42,7 @@ OPTIONAL_COLUMNS = (LANDMARKS, LANDMARKS_SOURCE, *PACKED_COLUMNS)
 SHARD_ABSPATH = "shard_abspath"  # added by `read` beside `abspath` when the manifest has packed crops (categorical)
 
 
+ROW_GROUP = 65_536  # rows a Parquet row group holds: a reader decodes one at a time, so its transient memory is bounded
 ARROW_STRING = pd.StringDtype("pyarrow")  # "string" with pandas >= 3: one buffer, no Python object per row
 _IRREGULAR_SEGMENT = r"(?:^|/)\.\.?(?:/|$)|//"  # a `.` or `..` segment, or an empty one
 
@@ -101,7 +105,7 @@ def write(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    to_frame(frame).to_parquet(tmp, index=False)
+    to_frame(frame).to_parquet(tmp, index=False, row_group_size=ROW_GROUP)
     os.replace(tmp, path)
     return path
 
@@ -130,20 +134,53 @@ def read(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.Da
     return frame
 
 
-def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
-    """The manifest's `columns` with canonical dtypes (optional ones only if the file has them), or a
-    ManifestError naming the file and the problem."""
+def read_schema(path: str | os.PathLike) -> pa.Schema:
+    """The manifest file's Arrow schema, which must hold every manifest column; else a ManifestError naming the
+    file and the problem."""
+    path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
-        names = pq.read_schema(path).names
-        missing = [c for c in COLUMNS if c not in names]
-        columns = [c for c in columns if c in COLUMNS or c in names]
-        frame = None if missing else pd.read_parquet(path, columns=columns)
+        schema = pq.read_schema(path)
     except Exception as error:  # pyarrow raises several types for damaged files
         raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
+    missing = [c for c in COLUMNS if c not in schema.names]
     if missing:
         raise ManifestError(f"{path}: not a recce manifest, missing columns {', '.join(missing)}")
+    return schema
+
+
+def read_table(
+    path: str | os.PathLike,
+    columns: Sequence[str],
+    *,
+    where: pc.Expression | None = None,
+    dictionary: Sequence[str] = (),
+) -> pa.Table:
+    """The file's `columns` (optional ones only if it has them) as Arrow, only the rows `where` keeps, the
+    `dictionary` columns decoded as dictionaries; types as stored (`read` gives the canonical ones)."""
+    path = Path(path)
+    names = read_schema(path).names
+    columns = [c for c in columns if c in COLUMNS or c in names]
+    options = ds.ParquetReadOptions(dictionary_columns=[c for c in dictionary if c in columns])
+    try:
+        scanner = ds.dataset(path, format=ds.ParquetFileFormat(read_options=options)).scanner(
+            columns=columns, filter=where, batch_readahead=0, fragment_readahead=1, use_threads=False
+        )  # one batch decoded at a time, filtered as it comes: the whole file is never held
+        return scanner.to_table()
+    except Exception as error:  # damaged pages surface only when read
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
+
+
+def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The manifest's `columns` with canonical dtypes (optional ones only if the file has them), or a
+    ManifestError naming the file and the problem."""
+    names = read_schema(path).names
+    columns = [c for c in columns if c in COLUMNS or c in names]
+    try:
+        frame = pd.read_parquet(path, columns=columns)
+    except Exception as error:  # pyarrow raises several types for damaged files
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({error.__class__.__name__}: {error})") from None
     if "label" in columns:
         frame["label"] = check_labels(frame, path)
     return _optional(frame[columns].astype({c: COLUMNS[c] for c in columns if c in COLUMNS}).reset_index(drop=True))

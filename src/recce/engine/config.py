@@ -57,6 +57,7 @@ class DataSection:
     order: str = "shuffle"  # shuffle: global (the paper's); shards: packed crops read a window of shards at a time
     shard_window: int = 4  # with order shards: rows are shuffled within this many consecutive shards
     val_limit: int | None = None  # validate on at most this many frames (a fixed random subset)
+    shared_rows: bool = True  # rows memory-mapped from <train.out>/rows/, shared by a node's processes
 
 
 @dataclass

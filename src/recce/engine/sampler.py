@@ -66,10 +66,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rows, seeds = self.epoch_order(self.epoch)
-        mine = slice(self.rank, None, self.world_size)
-        rows, seeds = rows[mine], seeds[mine]
-        start = self.start_batch * self.batch_size
-        return iter(zip(rows[start:].tolist(), seeds[start:].tolist(), strict=True))
+        mine = slice(self.rank + self.start_batch * self.batch_size * self.world_size, None, self.world_size)
+        rows, seeds = rows[mine].copy(), seeds[mine].copy()  # this process's share; the whole epoch's is freed
+        return zip(map(int, rows), map(int, seeds), strict=True)  # a Python int at a time, not a list of them
 
     def __len__(self) -> int:
         return (self.batches_per_epoch() - self.start_batch) * self.batch_size

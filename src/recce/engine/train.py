@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from recce import checkpoints
-from recce.data import manifest
+from recce.data import manifest, rows
 from recce.data.dataset import ManifestDataset
 from recce.detectors import Detector
 from recce.engine.config import SELECT_METRICS, ConfigError, TrainConfig
@@ -77,32 +77,35 @@ def build_model(config: TrainConfig) -> Detector:
 
 
 def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset | None]:
-    """Training and validation datasets; every data problem is a ConfigError raised before training."""
+    """Training and validation datasets; every data problem is a ConfigError raised before training.
+
+    Only the columns a dataset keeps are read, with the selection pushed into the Parquet read; with
+    `data.shared_rows` the rows come memory-mapped from `<train.out>/rows/` (written by the first process that finds
+    them missing or built from another manifest), so the processes of a node share one copy.
+    """
     d = config.data
     if not d.manifest:
         raise ConfigError("data.manifest is not set (the manifest written by `recce extract` or `recce synth`)")
-    try:
-        frame = manifest.read(d.manifest)
-    except manifest.ManifestError as error:
-        raise ConfigError(str(error)) from None
     filters = {"datasets": d.datasets, "methods": d.methods, "compressions": d.compressions}
     preprocess = config.preprocess()
     sets = []
-    for split, train in ((d.train_split, True), (d.val_split, False)):
+    for role, split, train in (("train", d.train_split, True), ("val", d.val_split, False)):
         if split is None:
             sets.append(None)
             continue
+        selection = rows.Selection.of(splits=[split], **filters)
         try:
+            if d.shared_rows:
+                cache = Path(config.train.out) / "rows" / f"{role}.arrow"
+                source = rows.shared_rows(d.manifest, cache, selection, landmarks=preprocess.face_mask)
+            else:
+                source = rows.read_rows(d.manifest, selection, landmarks=preprocess.face_mask)
+            if source.num_rows == 0:
+                raise ValueError(f"{d.manifest}: no rows match ({selection.describe()})")
             dataset = ManifestDataset(
-                frame,
-                preprocess=preprocess,
-                train=train,
-                flip_p=d.flip_p,
-                splits=[split],
-                return_meta=not train,
-                **filters,
+                source, preprocess=preprocess, train=train, flip_p=d.flip_p, return_meta=not train
             )
-        except manifest.ManifestError as error:  # e.g. no landmarks for a face-mask detector
+        except manifest.ManifestError as error:  # unreadable, or no landmarks for a face-mask detector
             raise ConfigError(str(error)) from None
         except ValueError as error:
             raise ConfigError(f"{d.manifest}: split {split!r} is empty ({error})") from None
@@ -113,7 +116,7 @@ def load_datasets(config: TrainConfig) -> tuple[ManifestDataset, ManifestDataset
             )
         sets.append(dataset)
     train_set, val_set = sets
-    if val_set is not None and d.val_limit and len(val_set.frame) > d.val_limit:
+    if val_set is not None and d.val_limit and len(val_set) > d.val_limit:
         # a fixed subset with the split's class proportions and at least one frame of each class
         rng = np.random.default_rng(0)
         labels = val_set.labels
@@ -169,7 +172,11 @@ class Trainer:
         self.context, self.device = init_distributed(config.train.device)
         self.out = Path(config.train.out)
         self.lock = OutputLock(self.out, "recce train").acquire() if self.context.is_main else None
+        if self.context.enabled and not self.context.is_main:
+            dist.barrier()  # rank 0 writes the shared rows first; the others map them (or build their own)
         self.train_set, self.val_set = load_datasets(config)
+        if self.context.enabled and self.context.is_main:
+            dist.barrier()
         state_path = self.out / "last.pt"
         if resume and not state_path.is_file():
             raise ConfigError(f"{state_path}: nothing to resume (no training state in {self.out})")
@@ -385,8 +392,8 @@ class Trainer:
         provenance = {
             "step": self.step,
             "manifest": str(d.manifest),
-            "trained_on": sorted(set(self.train_set.frame["dataset"])),
-            "methods": sorted(set(self.train_set.frame["method"])),
+            "trained_on": self.train_set.distinct("dataset"),
+            "methods": self.train_set.distinct("method"),
             "train_split": d.train_split,
             "val_split": d.val_split,
             "validation": json_safe(metrics or {}),

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .base import DatasetLayoutError, IndexResult, MediaItem
+from .base import DatasetLayoutError, IndexResult, MediaItem, Shard, shard_items
 from .celebdf import index_celebdf
 from .dfdc import index_dfdc
 from .dfdcp import index_dfdcp
@@ -19,7 +19,7 @@ from .ffpp import index_ffpp
 from .folder import index_folder
 from .wilddeepfake import index_wilddeepfake
 
-__all__ = ["INDEXERS", "DatasetLayoutError", "IndexResult", "MediaItem", "index_dataset"]
+__all__ = ["INDEXERS", "DatasetLayoutError", "IndexResult", "MediaItem", "Shard", "index_dataset", "shard_items"]
 
 INDEXERS: dict[str, Callable[..., IndexResult]] = {
     "ffpp": index_ffpp,
@@ -31,13 +31,17 @@ INDEXERS: dict[str, Callable[..., IndexResult]] = {
 }
 
 
-def index_dataset(name: str, root: str | os.PathLike, **options: object) -> IndexResult:
-    """Index the dataset `name` under `root`; option names are checked so a typo is a clear error."""
+def index_dataset(name: str, root: str | os.PathLike, *, shard: Shard | None = None, **options: object) -> IndexResult:
+    """Index the dataset `name` under `root`; option names are checked so a typo is a clear error.
+
+    With `shard` (K, N) only that shard's items come back, exactly `shard_items(<whole index>, shard)`, and only
+    they are checked file by file (see `ItemCollector`).
+    """
     if name not in INDEXERS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(INDEXERS)}")
     indexer = INDEXERS[name]
     parameters = inspect.signature(indexer).parameters
-    accepted = [p for p in parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    accepted = [p for p in parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "shard"]
     unknown = sorted(set(options) - {p.name for p in accepted})
     if unknown:
         raise ValueError(
@@ -49,4 +53,4 @@ def index_dataset(name: str, root: str | os.PathLike, **options: object) -> Inde
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise DatasetLayoutError(f"{root}: dataset root folder not found")
-    return indexer(root, **options)
+    return indexer(root, **options, shard=shard)

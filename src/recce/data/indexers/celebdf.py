@@ -23,6 +23,7 @@ from .base import (
     IndexResult,
     ItemCollector,
     MediaItem,
+    Shard,
     check_fraction,
     lowest_hashed,
     require_dir,
@@ -62,7 +63,9 @@ def identity(folder: str, stem: str) -> str:
     return stem.split("_")[0] if folder.startswith("Celeb-") else f"{folder}/{stem}"
 
 
-def index_celebdf(root: Path, *, val_fraction: float = 0.0, allow_missing: bool = False) -> IndexResult:
+def index_celebdf(
+    root: Path, *, val_fraction: float = 0.0, allow_missing: bool = False, shard: Shard | None = None
+) -> IndexResult:
     """Index Celeb-DF v2 videos: official test list, the rest train (and optionally val)."""
     val_fraction = check_fraction(val_fraction, "val_fraction")
     list_path = root / TEST_LIST
@@ -83,7 +86,7 @@ def index_celebdf(root: Path, *, val_fraction: float = 0.0, allow_missing: bool 
             kind="video",
         )
 
-    collector = ItemCollector(allow_missing)
+    collector = ItemCollector(allow_missing, shard)
     for relative in test_videos:
         collector.add(item(relative, "test"), listed_in=list_path)
     test_set = set(test_videos)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .base import DatasetLayoutError, IndexResult, ItemCollector, MediaItem, read_json
+from .base import DatasetLayoutError, IndexResult, ItemCollector, MediaItem, Shard, read_json
 
 PART_PATTERN = re.compile(r"dfdc_train_part_(\d+)")
 METADATA_LABELS = {"REAL": 0, "FAKE": 1}
@@ -76,14 +76,18 @@ def train_parts(root: Path) -> dict[int, Path]:
 
 
 def index_dfdc(
-    root: Path, *, val_parts: int | str | Iterable[int | str] | None = None, allow_missing: bool = False
+    root: Path,
+    *,
+    val_parts: int | str | Iterable[int | str] | None = None,
+    allow_missing: bool = False,
+    shard: Shard | None = None,
 ) -> IndexResult:
     """Index DFDC training parts (train/val by part) and the labelled test set."""
     parts = train_parts(root)
     labels_path = root / "test" / "labels.csv"
     if not parts and not labels_path.is_file():
         raise DatasetLayoutError(f"{root}: no dfdc_train_part_* folders and no test/labels.csv")
-    collector = ItemCollector(allow_missing)
+    collector = ItemCollector(allow_missing, shard)
     with_metadata = {}
     for number, part in parts.items():
         if (part / "metadata.json").is_file():

@@ -16,6 +16,7 @@ from .base import (
     IndexResult,
     ItemCollector,
     MediaItem,
+    Shard,
     check_fraction,
     hash_unit,
     read_json,
@@ -26,14 +27,16 @@ LABELS = {"real": 0, "fake": 1}
 SETS = ("train", "test")
 
 
-def index_dfdcp(root: Path, *, val_fraction: float = 0.0, allow_missing: bool = False) -> IndexResult:
+def index_dfdcp(
+    root: Path, *, val_fraction: float = 0.0, allow_missing: bool = False, shard: Shard | None = None
+) -> IndexResult:
     """Index DFDC-P clips by the `set` and `label` fields of dataset.json."""
     val_fraction = check_fraction(val_fraction, "val_fraction")
     metadata_path = root / "dataset.json"
     records = read_json(metadata_path)
     if not isinstance(records, dict):
         raise DatasetLayoutError(f"{metadata_path}: expected a JSON object keyed by clip path")
-    collector = ItemCollector(allow_missing)
+    collector = ItemCollector(allow_missing, shard)
     for name, record in records.items():
         relative = relative_media_path(name, metadata_path)
         label = record.get("label") if isinstance(record, dict) else None

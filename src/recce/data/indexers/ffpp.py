@@ -17,6 +17,7 @@ from .base import (
     IndexResult,
     ItemCollector,
     MediaItem,
+    Shard,
     as_names,
     read_json,
     require_dir,
@@ -57,12 +58,13 @@ def index_ffpp(
     compressions: str | Iterable[str] = ("c23",),
     methods: str | Iterable[str] = DEFAULT_METHODS,
     allow_missing: bool = False,
+    shard: Shard | None = None,
 ) -> IndexResult:
     """Index FF++ reals and fakes for the chosen compressions and methods."""
     compressions = as_names(compressions, "compressions", COMPRESSIONS)
     methods = as_names(methods, "methods", METHODS)
     pairs = read_split_pairs(Path(splits_dir))
-    collector = ItemCollector(allow_missing)
+    collector = ItemCollector(allow_missing, shard)
     for compression in compressions:
         folders = {"youtube": root / "original_sequences" / "youtube" / compression / "videos"}
         folders |= {method: root / "manipulated_sequences" / method / compression / "videos" for method in methods}

@@ -30,6 +30,7 @@ from .base import (
     IndexResult,
     ItemCollector,
     MediaItem,
+    Shard,
     check_fraction,
     hash_unit,
 )
@@ -69,7 +70,9 @@ def fraction_split(key: str, val_fraction: float, test_fraction: float) -> str:
     return "val" if draw < test_fraction + val_fraction else "train"
 
 
-def index_folder(root: Path, *, val_fraction: float = 0.0, test_fraction: float = 0.0) -> IndexResult:
+def index_folder(
+    root: Path, *, val_fraction: float = 0.0, test_fraction: float = 0.0, shard: Shard | None = None
+) -> IndexResult:
     """Index real/fake videos, images and frame folders of a user's own dataset."""
     val_fraction = check_fraction(val_fraction, "val_fraction")
     test_fraction = check_fraction(test_fraction, "test_fraction")
@@ -85,7 +88,7 @@ def index_folder(root: Path, *, val_fraction: float = 0.0, test_fraction: float 
     if split_dirs and (val_fraction or test_fraction):
         raise ValueError(f"{root}: has split folders, so val_fraction and test_fraction do not apply")
     bases = {split: root / split for split in split_dirs} if split_dirs else {None: root}
-    collector = ItemCollector()
+    collector = ItemCollector(shard=shard)
     for split, base in bases.items():
         classes = [name for name in CLASS_FOLDERS if (base / name).is_dir()]
         if not classes:

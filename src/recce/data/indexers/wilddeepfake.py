@@ -22,7 +22,16 @@ import os
 from pathlib import Path
 
 from .. import archive
-from .base import IMAGE_EXTENSIONS, DatasetLayoutError, IndexResult, ItemCollector, MediaItem, check_fraction, hash_unit
+from .base import (
+    IMAGE_EXTENSIONS,
+    DatasetLayoutError,
+    IndexResult,
+    ItemCollector,
+    MediaItem,
+    Shard,
+    check_fraction,
+    hash_unit,
+)
 
 SPLIT_FOLDERS = {
     "real_train": ("train", 0),
@@ -89,6 +98,7 @@ def index_wilddeepfake(
     extract_to: str | Path | None = None,
     val_fraction: float = 0.0,
     archive_limits: archive.ArchiveLimits | None = None,
+    shard: Shard | None = None,
 ) -> IndexResult:
     """Index WildDeepfake frame sequences, extracting archives that are not extracted yet (within `archive_limits`,
     default `archive.ArchiveLimits()`)."""
@@ -97,7 +107,7 @@ def index_wilddeepfake(
     present = [name for name in SPLIT_FOLDERS if (root / name).is_dir() or (extract_to / name).is_dir()]
     if not present:
         raise DatasetLayoutError(f"{root}: none of the folders {', '.join(SPLIT_FOLDERS)} found")
-    collector = ItemCollector()
+    collector = ItemCollector(shard=shard)
     for name in SPLIT_FOLDERS:
         if name not in present:
             collector.skip(root / name, "folder missing, so the index has none of its sequences")
