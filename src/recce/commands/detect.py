@@ -44,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         default="torch",
-        help="on the CPU, run the detector's P(fake) as a frozen TorchScript graph (torchscript) or its ONNX export "
-        "on ONNX Runtime (onnxruntime): 1.3-2.9x faster, scores within 1e-6 of eager torch (default torch)",
+        help="on the CPU, run the detector's P(fake) as a frozen TorchScript graph (torchscript: 1.5-3.7x faster but "
+        "for MultiAtt) or its ONNX export on ONNX Runtime (onnxruntime: 1.4x for MultiAtt), scores within 1e-6 of "
+        "eager torch; each graph costs seconds to build, worth it for many videos (default torch)",
     )
     parser.add_argument("--threads", type=int, help="CPU threads of the detector (default: torch's setting)")
     output = parser.add_mutually_exclusive_group()
