@@ -24,8 +24,8 @@ from recce.detectors import Detector, fake_probability
 RUNTIMES = ("torch", "torchscript", "onnxruntime")  # torch: the eager model (CPU or GPU)
 
 # P(fake) within this of the eager model's: batch-norm folding and other kernels reorder float32 sums, which moves
-# a score by a few ulps (at most 1.2e-7 measured, every detector at 64 and 299 px); anything beyond it is a graph
-# computing something else.
+# a score by a few ulps (at most 9e-8 measured, every detector at 64 px and at its own size); anything beyond it is
+# a graph computing something else.
 TOLERANCE = 1e-6
 
 ScoreGraph = Callable[[torch.Tensor], torch.Tensor]  # preprocessed CPU batch -> P(fake) per image
@@ -48,15 +48,15 @@ def frozen_graph(model: nn.Module) -> ScoreGraph:
     return lambda images: graph(images)[0]
 
 
-def onnx_graph(model: nn.Module, threads: int | None = None) -> ScoreGraph:
+def onnx_graph(model: nn.Module) -> ScoreGraph:
     """The detector's P(fake) exported by `export_onnx` (through a temporary file) and run by ONNX Runtime on the
-    CPU with `threads` intra-op threads (default: torch's setting)."""
+    CPU with torch's thread count as its intra-op threads (`recce detect --threads` sets both)."""
     import onnxruntime
 
     from recce.export import export_onnx
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: not constant-folding the exporter's CastLike nodes is a notice
     with tempfile.TemporaryDirectory(prefix="recce-onnx-") as folder:
@@ -65,7 +65,7 @@ def onnx_graph(model: nn.Module, threads: int | None = None) -> ScoreGraph:
     return lambda images: torch.from_numpy(session.run(["p_fake"], {"image": images.contiguous().numpy()})[0])
 
 
-def cpu_graph(model: nn.Module, runtime: str, threads: int | None = None) -> ScoreGraph | None:
+def cpu_graph(model: nn.Module, runtime: str) -> ScoreGraph | None:
     """The graph of `runtime` (None for torch, the eager model), checked against the eager model; GraphError when
     it cannot be built or does not give the eager scores."""
     if runtime not in RUNTIMES:
@@ -74,7 +74,7 @@ def cpu_graph(model: nn.Module, runtime: str, threads: int | None = None) -> Sco
         return None
     detector = unwrap(model).eval().cpu()
     try:
-        graph = frozen_graph(detector) if runtime == "torchscript" else onnx_graph(detector, threads)
+        graph = frozen_graph(detector) if runtime == "torchscript" else onnx_graph(detector)
         probe = _example(detector, 3)  # another batch size than the traced one
         with torch.inference_mode():
             difference = float((graph(probe) - fake_probability(detector(probe).logits)).abs().max())
