@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -14,8 +15,10 @@ from recce import checkpoints
 from recce.cli import main
 from recce.data.faces import build_detector
 from recce.detect import RUNTIMES, DetectSettings, MediaScorer
-from recce.detectors import Preprocess
+from recce.detectors import Detector, DetectorOutput, Preprocess
 from recce.detectors.recce import Recce
+from recce.detectors.xception import XceptionConfig
+from recce.engine.graphs import GraphError
 
 SIZE = 64
 
@@ -149,9 +152,9 @@ def test_overlapped_reading_gives_the_scores_of_the_sequential_path(checkpoint, 
     assert len(overlapped[0]["faces"]) == 4 and len(overlapped[2]["faces"]) >= 1
 
 
-def test_torchscript_runtime_gives_the_scores_of_eager_torch(media):
-    """The frozen graph (batch norm folded, oneDNN layouts) against eager RECCE at the paper's 299 px input, on
-    the same file and weights (perturbed so that scores spread): equal within 1e-6 (float reordering)."""
+def test_graph_runtimes_give_the_scores_of_eager_torch(media):
+    """The frozen TorchScript graph and the ONNX Runtime session against eager RECCE at the paper's 299 px input,
+    on the same file and weights (perturbed so that scores spread): equal within 1e-6 (float reordering)."""
     root, _ = media
     torch.manual_seed(0)
     model = Recce(preprocess=Preprocess(299)).eval()
@@ -165,21 +168,65 @@ def test_torchscript_runtime_gives_the_scores_of_eager_torch(media):
         )[0]
         for runtime in RUNTIMES
     }
-    eager, frozen = results["torch"], results["torchscript"]
-    assert len(eager.faces) == 3 and [f.box for f in frozen.faces] == [f.box for f in eager.faces]
+    eager = results["torch"]
+    assert len(eager.faces) == 3
     eager_scores = np.array([f.score for f in eager.faces])
     assert eager_scores.std() > 1e-4  # the scores differ per face, so equality means something
-    np.testing.assert_allclose([f.score for f in frozen.faces], eager_scores, rtol=0, atol=1e-6)
-    assert frozen.score == pytest.approx(eager.score, abs=1e-6)
+    for runtime in ("torchscript", "onnxruntime"):
+        graph = results[runtime]
+        assert [f.box for f in graph.faces] == [f.box for f in eager.faces]
+        np.testing.assert_allclose([f.score for f in graph.faces], eager_scores, rtol=0, atol=1e-6, err_msg=runtime)
+        assert graph.score == pytest.approx(eager.score, abs=1e-6)
 
 
-def test_cli_runtime_torchscript_prints_the_default_runtime_scores(checkpoint, media, capsys):
+class _SignOfTheMean(Detector):
+    """A detector whose output depends on a Python branch over its input: a tracer records one side only (the
+    traced example batch has a negative mean, the probe batch a positive one), torch.export refuses it."""
+
+    name = "sign-of-the-mean"
+    Config = XceptionConfig
+
+    def __init__(self):
+        super().__init__(preprocess=Preprocess(SIZE))
+        self.conv = torch.nn.Conv2d(3, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> DetectorOutput:
+        logits = self.conv(x).flatten(1).mean(1, keepdim=True)
+        return DetectorOutput(logits if float(x.mean()) > 0 else -logits, {}, {})
+
+
+def test_a_graph_that_is_not_the_detector_is_refused_with_the_reason():
+    faces = build_detector("haar")
+    settings = DetectSettings(device="cpu", runtime="torchscript")
+    with pytest.raises(GraphError, match="runtime torchscript refused for detector sign-of-the-mean: its P.fake. "):
+        MediaScorer(_SignOfTheMean().eval(), faces, settings)
+    with pytest.raises(GraphError, match="runtime onnxruntime cannot run detector sign-of-the-mean .*Error: "):
+        MediaScorer(_SignOfTheMean().eval(), faces, replace(settings, runtime="onnxruntime"))
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # restores the thread count that --threads sets
+def test_cli_runtimes_print_the_eager_scores_and_record_the_runtime(checkpoint, media, tmp_path, capsys):
     root, _ = media
-    files = {}
+    argv = ["detect", str(root / "face.mp4"), "--checkpoint", str(checkpoint), "--face-detector", "haar"]
+    argv += ["--frames", "3", "--device", "cpu", "--json", "--no-progress", "--threads", "1"]
+    runs = {}
     for runtime in RUNTIMES:
-        argv = ["detect", str(root / "face.mp4"), "--checkpoint", str(checkpoint), "--face-detector", "haar"]
-        assert main([*argv, "--frames", "3", "--device", "cpu", "--runtime", runtime, "--json", "--no-progress"]) == 0
-        files[runtime] = json.loads(capsys.readouterr().out)["files"][0]
-    eager, frozen = files["torch"], files["torchscript"]
-    assert len(frozen["faces"]) == len(eager["faces"]) == 3
-    assert frozen["score"] == pytest.approx(eager["score"], abs=1e-6)
+        assert main([*argv, "--runtime", runtime]) == 0
+        runs[runtime] = json.loads(capsys.readouterr().out)
+    eager = runs["torch"]["files"][0]
+    for runtime, run in runs.items():
+        assert run["runtime"] == runtime
+        assert len(run["files"][0]["faces"]) == len(eager["faces"]) == 3
+        assert run["files"][0]["score"] == pytest.approx(eager["score"], abs=1e-6)
+
+    # the maps come from the eager model, which then gives the scores too: the record says so
+    masks = tmp_path / "masks"
+    assert main([*argv, "--runtime", "torchscript", "--save-masks", str(masks)]) == 0
+    captured = capsys.readouterr()
+    drawn = json.loads(captured.out)
+    assert drawn["runtime"] == "torch" and drawn["files"][0] == eager
+    assert "--save-masks draws the maps with eager torch" in captured.err
+    assert len(list(masks.glob("*.png"))) == 3
+
+    assert main([*argv, "--threads", "0"]) == 2
+    assert "threads must be at least 1, got 0" in capsys.readouterr().err

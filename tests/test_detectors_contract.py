@@ -14,12 +14,15 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from media import face_photo, write_tiny_manifest
+from media import background, face_patch, face_photo, write_tiny_manifest
 
 from recce import checkpoints
 from recce.cli import main
+from recce.data.faces.mask import box_landmarks
 from recce.detectors import Detector, DetectorOutput, create_detector, detector_class, list_detectors
 from recce.engine.config import load_config
+from recce.engine.graphs import TOLERANCE, cpu_graph
+from recce.engine.inference import score_images
 from recce.engine.train import train
 from recce.export import export_onnx
 
@@ -125,6 +128,40 @@ def test_checkpoint_round_trip_and_onnx_export(name, tmp_path):
         np.testing.assert_allclose(got[0], p_fake.numpy(), rtol=1e-4, atol=1e-5)
         for map_name, value in zip(outputs[1:], got[1:], strict=True):
             np.testing.assert_allclose(value, output.maps[map_name].numpy(), rtol=1e-3, atol=1e-4)
+
+
+def _face_crops() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Two real faces and their mirror images, and a background, with each crop's five normalised landmarks (the
+    face mask of Add-Net's 4th input channel is drawn from them, as `recce detect` does)."""
+    crops, landmarks = [], []
+    for photo in ("astronaut", "grace_hopper"):
+        patch, box = face_patch(photo, face_width=40)
+        points = box_landmarks(box) / np.array([patch.shape[1], patch.shape[0]])
+        mirrored = points[[1, 0, 2, 4, 3]] * [-1, 1] + [1, 0]  # left and right eye, mouth corners swap
+        crops += [patch, np.ascontiguousarray(patch[:, ::-1])]
+        landmarks += [points, mirrored]
+    return [*crops, background(SIZE, SIZE, seed=1)], [*landmarks, landmarks[0]]
+
+
+@pytest.mark.parametrize("runtime", ["torchscript", "onnxruntime"])
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_runtimes_give_the_eager_scores(name, runtime):
+    """`recce detect --runtime`: the graph's P(fake) against the eager model's on real face crops, in batches of 2
+    and 1 (the graphs keep the batch axis free). Tolerance 1e-6 (`TOLERANCE`): batch-norm folding and other kernels
+    reorder float32 sums, a few ulps per score (about 1e-7 measured). The weights are perturbed so that the scores
+    move off 0.5 and differ between the crops by at least 10 times the tolerance: a graph that lost a branch or
+    ignored part of its input (Add-Net's mask channel) would miss them."""
+    detector = _small(name).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in detector.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    crops, landmarks = _face_crops()
+    eager, _ = score_images(detector, crops, batch_size=2, device="cpu", landmarks=landmarks)
+    graph = cpu_graph(detector, runtime)
+    scores, _ = score_images(detector, crops, batch_size=2, device="cpu", landmarks=landmarks, graph=graph)
+    assert np.ptp(eager) >= 10 * TOLERANCE, eager
+    np.testing.assert_allclose(scores, eager, rtol=0, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)

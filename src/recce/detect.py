@@ -27,11 +27,11 @@ from recce.data.faces.crop import crop_landmarks
 from recce.data.faces.mask import face_landmarks
 from recce.data.indexers.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, walk_files
 from recce.data.video import MAX_PIXELS, MediaError, last_line, probe, read_frames, read_image, sample_indices
-from recce.engine.inference import frozen_graph, preprocess_of, score_images
+from recce.engine.graphs import RUNTIMES, cpu_graph
+from recce.engine.inference import preprocess_of, score_images
 from recce.engine.runtime import resolve_device
 
 CSV_META = ("detector", "checkpoint", "threshold", "recce_version", "created")
-RUNTIMES = ("torch", "torchscript")
 AGGREGATIONS = {"mean": np.mean, "median": np.median, "max": np.max}
 
 
@@ -86,7 +86,7 @@ class DetectSettings:
     device: str = "auto"
     amp: str = "auto"
     max_pixels: int = MAX_PIXELS  # larger images and frames are refused before decoding
-    runtime: str = "torch"  # torch (eager) or torchscript: a frozen graph of P(fake), faster on the CPU
+    runtime: str = "torch"  # torch (eager), or on the CPU a graph of P(fake): torchscript or onnxruntime
 
     def __post_init__(self):
         for name in ("frames", "batch_size", "max_pixels"):
@@ -149,7 +149,8 @@ class MediaScorer:
         self.settings = settings
         self.size = preprocess_of(model).load_size
         on_cpu = resolve_device(settings.device).type == "cpu"
-        self.graph = frozen_graph(model) if settings.runtime == "torchscript" and on_cpu else None
+        self.runtime = settings.runtime if on_cpu else "torch"  # the graphs are CPU runtimes
+        self.graph = cpu_graph(model, self.runtime)
 
     def score_file(self, path: str | os.PathLike, keep_crops: bool = False) -> tuple[FileResult, list]:
         """Score one file; with `keep_crops`, also return (crop, maps) per face for mask panels."""
@@ -245,8 +246,10 @@ class _FileFaces:
     landmarks: list[np.ndarray] = field(default_factory=list)  # per crop, normalised: for face-mask detectors
 
 
-def run_metadata(checkpoint: str | os.PathLike, model: nn.Module, face_detector: str, threshold: float) -> dict:
-    """What produced a set of results: checkpoint (and its SHA-256), detector, threshold, versions, time."""
+def run_metadata(
+    checkpoint: str | os.PathLike, model: nn.Module, face_detector: str, threshold: float, runtime: str = "torch"
+) -> dict:
+    """What produced a set of results: checkpoint (and its SHA-256), detector, runtime, threshold, versions, time."""
     import platform
     from datetime import datetime, timezone
 
@@ -261,6 +264,7 @@ def run_metadata(checkpoint: str | os.PathLike, model: nn.Module, face_detector:
         "detector": getattr(model, "name", type(model).__name__),
         "input_size": preprocess_of(model).input_size,
         "face_detector": face_detector,
+        "runtime": runtime,
         "threshold": threshold,
         "recce_version": __version__,
         "torch_version": torch.__version__,

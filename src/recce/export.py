@@ -40,12 +40,15 @@ def forward_maps(detector: Detector) -> list[str]:
     return [name for name in detector.map_kinds if name in produced]
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write `path` atomically; returns it. `metadata` adds entries (e.g. the source checkpoint)."""
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None, maps: bool = True
+) -> Path:
+    """Write `path` atomically; returns it. `metadata` adds entries (e.g. the source checkpoint); without `maps`
+    the graph gives P(fake) alone (`recce detect --runtime onnxruntime` needs nothing else)."""
     import onnx
 
     detector = unwrap(model).eval().cpu()
-    outputs = forward_maps(detector)
+    outputs = forward_maps(detector) if maps else []
     size = detector.preprocess.input_size
     example = torch.zeros(2, detector.input_channels, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)

@@ -7,8 +7,7 @@ batches; only the optional maps are copied back per batch.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,22 +68,6 @@ def _prepare(
     return model, resolved, amp_mode, channels_last
 
 
-def frozen_graph(model: nn.Module) -> torch.jit.ScriptModule:
-    """The detector's P(fake) as a traced, frozen TorchScript graph optimised for CPU inference (batch norm folded
-    into the convolutions, oneDNN layouts): 1.6x faster than eager RECCE on the CPU with the same scores
-    (benchmarks/detect_speed.py, tests/test_detect.py). The batch size stays free; maps are not in the graph."""
-    from recce.export import ExportWrapper
-
-    detector = unwrap(model).eval().cpu()
-    size = detector.preprocess.input_size
-    example = torch.zeros(2, detector.input_channels, size, size)
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced at the fixed input size
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-        traced = torch.jit.trace(ExportWrapper(detector, []).eval(), example, check_trace=False)
-        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-
-
 def _forward(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
@@ -92,12 +75,12 @@ def _forward(
     amp: str,
     channels_last: bool,
     keep_maps: bool,
-    graph: torch.jit.ScriptModule | None = None,
+    graph: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, list[FaceMaps]]:
     """Scores of every batch, and per-image maps when asked; model already prepared by `_prepare`.
 
     Maps come from `explain`, which may need gradients (RFM's attention map), hence no_grad instead of
-    inference_mode there. A `graph` from `frozen_graph` gives the scores instead of the model.
+    inference_mode there. A `graph` (`recce.engine.graphs.cpu_graph`) gives the scores instead of the model.
     """
     scores: list[torch.Tensor] = []
     maps: list[FaceMaps] = []
@@ -108,7 +91,7 @@ def _forward(
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             if graph is not None:
-                scores.append(graph(images)[0])
+                scores.append(graph(images))
                 continue
             with autocast(device, amp):
                 output = detector.explain(images) if keep_maps else model(images)
@@ -186,12 +169,13 @@ def score_images(
     channels_last: bool | None = None,
     maps: bool = False,
     landmarks: Sequence | None = None,
-    graph: torch.jit.ScriptModule | None = None,
+    graph: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, list[FaceMaps] | None]:
     """P(fake) of RGB uint8 face crops (a list, or an N x H x W x 3 array); with `maps`, the detector's maps of each.
 
     `landmarks`: each crop's five (x, y) points normalised to the crop, for detectors whose input has a face mask.
-    `graph`: the model's `frozen_graph`, run on the CPU in its place when no maps are asked for.
+    `graph`: the model's P(fake) graph (`recce.engine.graphs.cpu_graph`), run on the CPU in its place when no maps
+    are asked for.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
