@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from media import write_tiny_manifest
+from media import moving_face_frames, write_face_video, write_frame_folder, write_tiny_manifest
 
 from recce import __version__
 from recce.cli import COMMANDS, main
@@ -32,6 +33,19 @@ def test_help_and_manifest_commands_do_not_import_torch(tmp_path):
     manifest_path = write_tiny_manifest(tmp_path, 8)
     assert "torch" not in _imports("manifest", "info", str(manifest_path))
     assert "torch" in _imports("models")  # a command that needs it still gets it
+
+
+def test_extraction_with_haar_and_its_rerun_do_not_import_torch(tmp_path):
+    """torch costs about 0.9 GB of memory to import: a Haar extraction, and above all a rerun over a large finished
+    output with nothing left to do, must not pay it."""
+    root = tmp_path / "data"
+    write_face_video(root / "real" / "a.mp4", seed=1)
+    frames, _ = moving_face_frames(2, photo="grace_hopper", seed=2)
+    write_frame_folder(root / "fake" / "b", frames, ["1.png", "2.png"])
+    argv = ("extract", "folder", "--root", str(root), "--out", str(tmp_path / "out"), "--face-detector", "haar")
+    assert "torch" not in _imports(*argv, "--frames", "2", "--no-progress")
+    assert len(pd.read_parquet(tmp_path / "out" / "manifest.parquet")) == 4
+    assert "torch" not in _imports(*argv, "--frames", "2", "--no-progress")
 
 
 def test_version_and_defaults_in_help(capsys):

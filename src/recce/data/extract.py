@@ -55,7 +55,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from tqdm import tqdm
 
 from recce.data import manifest, packed
@@ -260,6 +259,8 @@ def _init_worker(
         die_with_parent(parent)  # a killed run must not leave workers writing into the folder
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
         cv2.setNumThreads(threads)
+        import torch  # here, not at the top: a rerun with nothing left to do never needs it
+
         torch.set_num_threads(threads)
     _worker.update(
         settings=settings, out=out, detector=None, batch_size=batch_size, max_pixels=max_pixels, error=None, pack=pack
