@@ -54,6 +54,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,7 +155,7 @@ def shard_path(folder: Path, n_rows: int, k: int) -> Path:
 def prepare_resume(folder: Path, n_videos: int) -> Path:
     """A folder dataset of `n_videos` empty video files and an output folder where each has its part file, as the
     code before issue 12 left a finished extraction (no record, no manifest)."""
-    from recce.data import extract  # imports torch: only for this step
+    from recce.data import extract, extract_record
 
     base = folder / f"resume-{n_videos}"
     root, out = base / "root", base / "out"
@@ -165,7 +166,12 @@ def prepare_resume(folder: Path, n_videos: int) -> Path:
     for v in range(n_videos):
         (root / ("real" if v % 6 == 0 else "fake") / f"v{v:07d}.mp4").touch()
     settings = extract.ExtractSettings(detector=extract.NO_DETECTOR)
-    extract._check_settings(out, "folder", settings)
+    with extract_record.ExtractRecord(
+        out / extract.PARTS_DIR, "manifest"
+    ) as record:  # settings.json as a run writes it
+        extract._check_settings(out, "folder", settings, record)
+    shutil.rmtree(record.root / extract_record.ROWS_DIR, ignore_errors=True)  # the record is newer than this layout
+    (record.root / extract_record.RECORD_FILE).unlink()
     items = extract.shard_items(extract.index_dataset("folder", root).items, None)
     crops = synthetic_manifest(n_videos * FRAMES_PER_VIDEO)
     crops["dataset"] = "folder"
