@@ -105,3 +105,15 @@ def test_missing_imagenet_weights_say_where_to_get_them(tmp_path, capsys):
     message = capsys.readouterr().err
     assert "absent.pth: file not found" in message and "v0.1-cadene" in message
     assert "model.pretrained=null" in message and message.count("\n") == 1
+
+
+def test_train_takes_the_config_file_as_its_first_argument(capsys):
+    """`recce train configs/x.yaml key=value` reads like --config configs/x.yaml; two config files are refused."""
+    assert main(["train", CONFIG, "data.size=64", "--show-config"]) == 0
+    as_positional = capsys.readouterr().out
+    assert main(["train", "--config", CONFIG, "data.size=64", "--show-config"]) == 0
+    assert capsys.readouterr().out == as_positional
+    assert main(["train", "data.size=64", "--show-config"]) == 0
+    assert capsys.readouterr().out != as_positional  # the file was read: the engine's bare defaults differ
+    assert main(["train", "--config", CONFIG, CONFIG, "--show-config"]) == 2
+    assert "two config files" in capsys.readouterr().err

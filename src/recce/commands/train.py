@@ -16,7 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "defaults, RECCE from random initialisation, and data.manifest must be given)",
     )
     parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000 data.size=64 data.workers=8"
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="e.g. train.steps=1000 data.size=64 data.workers=8 (a first YAML file here stands for --config)",
     )
     parser.add_argument(
         "--resume",
@@ -51,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config_path, overrides = args.config, list(args.overrides)
+        if overrides and "=" not in overrides[0] and overrides[0].endswith((".yaml", ".yml")):
+            if config_path is not None:
+                raise ConfigError(f"two config files: --config {config_path} and {overrides[0]}; give one")
+            config_path = overrides.pop(0)  # `recce train configs/x.yaml key=value`, as people type it
         if isinstance(args.resume, str):  # a run folder: its stored config, its own out
             run_dir = Path(args.resume)
             if args.config is None:
