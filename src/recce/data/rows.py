@@ -12,7 +12,6 @@ whose key differs (the manifest was rewritten, other filters) is rebuilt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recce.catalogue import file_sha256
 from recce.data import manifest
 from recce.data.faces.mask import as_landmarks
 
@@ -174,11 +174,7 @@ def _landmarks(values: pa.ChunkedArray | pa.Array, source: str | os.PathLike) ->
 # ------------------------------------------------------------------------------------------ the shared copy
 def cache_key(path: str | os.PathLike, selection: Selection, landmarks: bool) -> str:
     """What the shared rows were built from: the manifest's bytes (SHA-256), the selection and the format."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    given = {"manifest": digest.hexdigest(), "selection": asdict(selection), "landmarks": landmarks, "format": FORMAT}
+    given = {"manifest": file_sha256(path), "selection": asdict(selection), "landmarks": landmarks, "format": FORMAT}
     return json.dumps(given, sort_keys=True)
 
 

@@ -7,7 +7,7 @@ batches; only the optional maps are copied back per batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from recce.checkpoints import unwrap
 from recce.data.dataset import ManifestDataset, to_tensor
 from recce.detectors import Detector, Preprocess, fake_probability
+from recce.engine.graphs import ScoreGraph
 from recce.engine.runtime import autocast, resolve_amp, resolve_device
 
 FaceMaps = dict[str, np.ndarray]  # map name -> H x W float32 heatmap, or H x W x 3 RGB uint8 image
@@ -75,7 +76,7 @@ def _forward(
     amp: str,
     channels_last: bool,
     keep_maps: bool,
-    graph: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    graph: ScoreGraph | None = None,
 ) -> tuple[np.ndarray, list[FaceMaps]]:
     """Scores of every batch, and per-image maps when asked; model already prepared by `_prepare`.
 
@@ -169,7 +170,7 @@ def score_images(
     channels_last: bool | None = None,
     maps: bool = False,
     landmarks: Sequence | None = None,
-    graph: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    graph: ScoreGraph | None = None,
 ) -> tuple[np.ndarray, list[FaceMaps] | None]:
     """P(fake) of RGB uint8 face crops (a list, or an N x H x W x 3 array); with `maps`, the detector's maps of each.
 
